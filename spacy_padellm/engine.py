@@ -1,0 +1,180 @@
+"""Greedy decoding of many short branches behind shared per-text prefixes.
+
+This is the torch core that both decoding strategies use. Every text's prefix
+is run through the model once (`encode_prefixes`); `decode` then gives every
+branch a view of its text's key/value cache, so no text is encoded again per
+label or per mention.
+
+Layout of one batch row, in cache slots:
+
+    [prefix, right-padded to P][branch suffix, left-padded to S][generated ...]
+
+Padding slots are masked out. No row has a query that sees only padding (each
+one sees at least its own real prefix), so no softmax is taken over an empty
+set. Position ids count real tokens only, which makes every row compute what
+the unpadded sequence would: the equivalence test compares against
+`model.generate()` on each full prompt.
+"""
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Collection, List, Sequence
+
+import torch
+
+from .compat import cache_argument, output_cache
+
+
+@dataclass
+class Generation:
+    """Tokens of one branch, with the log-probability of each."""
+
+    token_ids: List[int]
+    logprobs: List[float]
+    stopped: bool  # ended with a stop token rather than at the token bound
+
+    @property
+    def probability(self) -> float:
+        """Product of the token probabilities, the stop token included."""
+        return math.exp(sum(self.logprobs))
+
+
+@dataclass
+class PrefixCache:
+    """Key/value cache of a batch of text prefixes."""
+
+    cache: Any
+    mask: torch.Tensor  # [n_texts, P], 1 for real tokens
+    lengths: torch.Tensor  # [n_texts], real prefix lengths
+
+
+def _select_rows(cache: Any, rows: torch.Tensor) -> Any:
+    """A cache holding `rows` of `cache` (repeats allowed), leaving `cache`
+    untouched: the layers are copied shallowly and their tensors re-indexed."""
+    selected = copy.copy(cache)
+    selected.layers = [copy.copy(layer) for layer in cache.layers]
+    selected.batch_select_indices(rows)
+    return selected
+
+
+class BranchDecoder:
+    """Greedy, batched decoding of branches that share per-text prefixes.
+
+    model: a Hugging Face causal LM (optionally wrapped by peft).
+    stop_ids (Collection[int]): tokens that end a branch (newline tokens, EOS).
+    pad_id (int): any valid token id; padded slots are masked out.
+    """
+
+    def __init__(self, model: Any, stop_ids: Collection[int], pad_id: int) -> None:
+        self.model = model
+        self.stop_ids = sorted(set(stop_ids))
+        self.pad_id = pad_id
+        self._cache_arg = cache_argument(model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> PrefixCache:
+        """Run every prefix through the model once, right-padded."""
+        if any(len(p) == 0 for p in prefixes):
+            raise ValueError("Every prefix needs at least one token.")
+        device = self.device
+        width = max(len(p) for p in prefixes)
+        ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for row, prefix in enumerate(prefixes):
+            ids[row, : len(prefix)] = torch.tensor(list(prefix), dtype=torch.long)
+            mask[row, : len(prefix)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = torch.arange(width, device=device).expand(len(prefixes), width)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        lengths = mask.sum(dim=1)
+        return PrefixCache(cache=output_cache(out), mask=mask, lengths=lengths)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        prefixes: PrefixCache,
+        text_index: Sequence[int],
+        suffixes: Sequence[Sequence[int]],
+        max_new_tokens: int,
+    ) -> List[Generation]:
+        """Greedy-decode one branch per suffix, behind prefix `text_index[i]`.
+
+        RETURNS (List[Generation]): one per suffix, in order.
+        """
+        n = len(suffixes)
+        if n == 0:
+            return []
+        if any(len(s) == 0 for s in suffixes):
+            raise ValueError("Every branch suffix needs at least one token.")
+        device = self.device
+        rows = torch.tensor(list(text_index), dtype=torch.long, device=device)
+        cache = _select_rows(prefixes.cache, rows)
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        suffix_mask = torch.zeros((n, width), dtype=torch.long)
+        for row, suffix in enumerate(suffixes):
+            ids[row, width - len(suffix) :] = torch.tensor(list(suffix), dtype=torch.long)
+            suffix_mask[row, width - len(suffix) :] = 1
+        ids, suffix_mask = ids.to(device), suffix_mask.to(device)
+        mask = torch.cat([prefixes.mask[rows], suffix_mask], dim=1)
+        lengths = prefixes.lengths[rows] + suffix_mask.sum(dim=1)
+        # Left-padded suffix: its real tokens continue the real prefix.
+        positions = (lengths[:, None] - width + torch.arange(width, device=device)).clamp(min=0)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
+        )
+        logits = out.logits[:, -1, :]
+        cache = output_cache(out)
+
+        stop = torch.tensor(self.stop_ids, dtype=torch.long, device=device)
+        tokens: List[List[int]] = [[] for _ in range(n)]
+        logprobs: List[List[float]] = [[] for _ in range(n)]
+        stopped = [False] * n
+        active = torch.arange(n, device=device)  # original index of each row
+        for step in range(max_new_tokens):
+            log_p = torch.log_softmax(logits.float(), dim=-1)
+            next_ids = log_p.argmax(dim=-1)
+            next_lp = log_p.gather(1, next_ids[:, None])[:, 0]
+            is_stop = torch.isin(next_ids, stop)
+            for row, (index, token, lp, done) in enumerate(
+                zip(active.tolist(), next_ids.tolist(), next_lp.tolist(), is_stop.tolist())
+            ):
+                tokens[index].append(token)
+                logprobs[index].append(lp)
+                stopped[index] = done
+            if step == max_new_tokens - 1:
+                break
+            keep = ~is_stop
+            if not bool(keep.any()):
+                break
+            if not bool(keep.all()):
+                kept = keep.nonzero()[:, 0]
+                active, next_ids, mask, lengths = active[kept], next_ids[kept], mask[kept], lengths[kept]
+                cache.batch_select_indices(kept)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self.model(
+                input_ids=next_ids[:, None],
+                attention_mask=mask,
+                position_ids=lengths[:, None],
+                use_cache=True,
+                **{self._cache_arg: cache},
+            )
+            lengths = lengths + 1
+            logits = out.logits[:, -1, :]
+            cache = output_cache(out)
+        return [Generation(t, lp, s) for t, lp, s in zip(tokens, logprobs, stopped)]

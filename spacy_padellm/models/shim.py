@@ -1,0 +1,147 @@
+"""The thinc shim around a Hugging Face causal LM (plus peft adapter).
+
+It follows spacy-transformers' HFShim: thinc owns the object, training goes
+through `PyTorchShim.begin_update`/`finish_update`, and serialization is
+overridden. What is saved is a reference to the base model (`ModelSource`),
+never its weights, plus the adapter in peft's own format, so a saved adapter
+can also be loaded with `PeftModel.from_pretrained` directly.
+"""
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import srsly
+import torch
+from thinc.api import PyTorchShim
+
+from ..errors import Errors
+from .loader import ModelSource, load_adapter, load_base, resolve_device, resolve_dtype
+
+logger = logging.getLogger("spacy_padellm")
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def _library_versions() -> Dict[str, str]:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+class CausalLMShim(PyTorchShim):
+    """Holds the causal LM and its tokenizer once loaded; empty until then."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        adapter: Optional[str] = None,
+        dtype: str = "auto",
+        device: Optional[str] = None,
+        mixed_precision: bool = False,
+        grad_scaler: Any = None,
+    ) -> None:
+        super().__init__(None, mixed_precision=mixed_precision, grad_scaler=grad_scaler)
+        self.source = source
+        self.adapter = adapter
+        self.dtype = dtype
+        self.device_name = device
+        self.tokenizer: Any = None
+        self._pid = os.getpid()
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            raise ValueError(Errors.E916)
+        return self._model
+
+    @property
+    def device(self) -> torch.device:
+        if self._model is None:
+            return resolve_device(self.device_name)
+        return next(self._model.parameters()).device
+
+    def load(self, adapter_dir: Optional[str] = None) -> None:
+        """Load the base model, then the adapter: the configured one, or the
+        one a saved pipeline carries (`adapter_dir`)."""
+        device = resolve_device(self.device_name)
+        model, self.tokenizer = load_base(self.source, resolve_dtype(self.dtype, device), device)
+        adapter = adapter_dir or self.adapter
+        if adapter:
+            model = load_adapter(model, adapter)
+        model.eval()
+        self._model = model
+
+    def ensure_fork_safe(self) -> None:
+        """Use one torch thread in a forked process (`nlp.pipe(n_process=...)`).
+
+        The OpenMP thread pool that torch's CPU kernels use does not survive
+        `fork`: the first multi-threaded operation in the child hangs forever.
+        With several processes one thread each is also the right share of cores.
+        """
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            if torch.get_num_threads() > 1:
+                logger.info("Forked process %d: using one torch thread", self._pid)
+                torch.set_num_threads(1)
+
+    @property
+    def has_adapter(self) -> bool:
+        return self._model is not None and hasattr(self._model, "peft_config")
+
+    def _meta(self) -> Dict[str, Any]:
+        return {
+            "source": self.source.to_dict(),
+            "dtype": self.dtype,
+            "has_adapter": self.has_adapter,
+            "versions": _library_versions(),
+        }
+
+    def to_disk(self, path: Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        srsly.write_json(path / "model.json", self._meta())
+        if self.has_adapter:
+            self.model.save_pretrained(str(path / "adapter"))
+
+    def from_disk(self, path: Path) -> "CausalLMShim":
+        path = Path(path)
+        if not (path / "model.json").exists():
+            raise ValueError(Errors.E917.format(path=path, reason="model.json is missing"))
+        meta = srsly.read_json(path / "model.json")
+        self.source = ModelSource.from_dict(meta["source"])
+        self.dtype = meta.get("dtype", self.dtype)
+        adapter = str(path / "adapter") if meta.get("has_adapter") else None
+        self.adapter = None
+        self.load(adapter_dir=adapter)
+        return self
+
+    def to_bytes(self) -> bytes:
+        msg: Dict[str, Any] = {"model.json": json.dumps(self._meta())}
+        if self.has_adapter:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.model.save_pretrained(tmp)
+                for name in ADAPTER_FILES:
+                    msg[name] = (Path(tmp) / name).read_bytes()
+        return srsly.msgpack_dumps(msg)
+
+    def from_bytes(self, data: bytes) -> "CausalLMShim":
+        msg = srsly.msgpack_loads(data)
+        meta = json.loads(msg["model.json"])
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = Path(tmp)
+            srsly.write_json(tmp_path / "model.json", meta)
+            if meta.get("has_adapter"):
+                (tmp_path / "adapter").mkdir()
+                for name in ADAPTER_FILES:
+                    (tmp_path / "adapter" / name).write_bytes(msg[name])
+            self.from_disk(tmp_path)
+        return self

@@ -1,0 +1,445 @@
+"""The `padellm_ner` component."""
+import logging
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy
+import srsly
+from spacy.language import Language
+from spacy.pipeline import TrainablePipe
+from spacy.tokens import Doc, SpanGroup
+from spacy.training import Example, validate_get_examples
+from spacy.util import SimpleFrozenList
+from spacy.vocab import Vocab
+from thinc.api import Config, Model
+
+from .alignment import align_mentions
+from .errors import Errors, Warnings
+from .types import ALIGNMENT_MODES, DECODING_MODES, FALLBACKS, DocPrediction, new_counter
+from .windows import split_windows
+
+logger = logging.getLogger("spacy_padellm")
+
+DEFAULT_LABELS = ("PER", "ORG", "LOC", "MISC")
+DEFAULT_MODEL_CONFIG = """
+[model]
+@architectures = "spacy_padellm.CausalLM.v1"
+"""
+DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
+EXTENSION = "padellm"
+
+
+def install_extensions() -> None:
+    """`doc._.padellm`: per-doc fallback counts and decoding statistics. It
+    lives in `doc.user_data`, so it survives `nlp.pipe(n_process=...)`."""
+    if not Doc.has_extension(EXTENSION):
+        Doc.set_extension(EXTENSION, default=None)
+
+
+@Language.factory(
+    "padellm_ner",
+    assigns=["doc.ents", "doc.spans"],
+    default_config={
+        "model": DEFAULT_MODEL,
+        "labels": None,
+        "label_definitions": {},
+        "template": "ner.v1",
+        "decoding": "parallel",
+        "spans_key": "padellm",
+        "max_count": 16,
+        "max_count_tokens": 4,
+        "max_mention_tokens": 24,
+        "max_text_tokens": None,
+        "batch_size": 16,
+        "alignment_mode": "expand",
+        "annotate_ents": True,
+        "overwrite_ents": False,
+        "scorer": {"@scorers": "spacy_padellm.ner_scorer.v1"},
+    },
+    default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
+)
+def make_padellm_ner(
+    nlp: Language,
+    name: str,
+    model: Model,
+    labels: Optional[List[str]],
+    label_definitions: Dict[str, str],
+    template: str,
+    decoding: str,
+    spans_key: str,
+    max_count: int,
+    max_count_tokens: int,
+    max_mention_tokens: int,
+    max_text_tokens: Optional[int],
+    batch_size: int,
+    alignment_mode: str,
+    annotate_ents: bool,
+    overwrite_ents: bool,
+    scorer: Optional[Callable],
+) -> "PaDeLLMNER":
+    """Named entities from a causal LM with PaDeLLM-NER parallel decoding.
+
+    See the README's configuration reference for every setting.
+    """
+    return PaDeLLMNER(
+        nlp.vocab,
+        model,
+        name,
+        labels=labels,
+        label_definitions=label_definitions,
+        template=template,
+        decoding=decoding,
+        spans_key=spans_key,
+        max_count=max_count,
+        max_count_tokens=max_count_tokens,
+        max_mention_tokens=max_mention_tokens,
+        max_text_tokens=max_text_tokens,
+        batch_size=batch_size,
+        alignment_mode=alignment_mode,
+        annotate_ents=annotate_ents,
+        overwrite_ents=overwrite_ents,
+        scorer=scorer,
+    )
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(Errors.E903.format(name=name, value=value))
+
+
+def _check_labels(labels: Sequence[str], definitions: Dict[str, str]) -> None:
+    for label in labels:
+        if not isinstance(label, str) or not label.strip() or "\n" in label:
+            raise ValueError(Errors.E905.format(label=label))
+    dupes = sorted(label for label, n in Counter(labels).items() if n > 1)
+    if dupes:
+        raise ValueError(Errors.E907.format(dupes=dupes))
+    extra = sorted(set(definitions) - set(labels))
+    if extra:
+        raise ValueError(Errors.E906.format(extra=extra))
+
+
+class PaDeLLMNER(TrainablePipe):
+    """Predicts entities with a causal LM: counts per label, then mentions.
+
+    Every predicted span goes to `doc.spans[spans_key]` (nested ones too) with
+    its probability in `attrs["scores"]`; `doc.ents` gets a non-overlapping
+    selection. Fallbacks taken at run time are counted in `fallback_counts`
+    and in `doc._.padellm`.
+    """
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        model: Model,
+        name: str = "padellm_ner",
+        *,
+        labels: Optional[Sequence[str]] = None,
+        label_definitions: Optional[Dict[str, str]] = None,
+        template: str = "ner.v1",
+        decoding: str = "parallel",
+        spans_key: str = "padellm",
+        max_count: int = 16,
+        max_count_tokens: int = 4,
+        max_mention_tokens: int = 24,
+        max_text_tokens: Optional[int] = None,
+        batch_size: int = 16,
+        alignment_mode: str = "expand",
+        annotate_ents: bool = True,
+        overwrite_ents: bool = False,
+        scorer: Optional[Callable] = None,
+    ) -> None:
+        from .prompt import PromptTemplate
+
+        if decoding not in DECODING_MODES:
+            raise ValueError(Errors.E901.format(mode=decoding, options=list(DECODING_MODES)))
+        if alignment_mode not in ALIGNMENT_MODES:
+            raise ValueError(Errors.E902.format(mode=alignment_mode, options=list(ALIGNMENT_MODES)))
+        for key, value in (
+            ("max_count", max_count),
+            ("max_count_tokens", max_count_tokens),
+            ("max_mention_tokens", max_mention_tokens),
+            ("batch_size", batch_size),
+        ):
+            _check_positive(key, value)
+        if max_text_tokens is not None:
+            _check_positive("max_text_tokens", max_text_tokens)
+        definitions = dict(label_definitions or {})
+        _check_labels(list(labels or []), definitions if labels else {})
+        PromptTemplate(template)  # fails early on an unknown name
+        self.vocab = vocab
+        self.model = model
+        self.name = name
+        self.scorer = scorer
+        self.cfg: Dict[str, Any] = {
+            "labels": list(labels) if labels else [],
+            "labels_configured": bool(labels),
+            "label_definitions": definitions,
+            "template": template,
+            "decoding": decoding,
+            "spans_key": spans_key,
+            "max_count": max_count,
+            "max_count_tokens": max_count_tokens,
+            "max_mention_tokens": max_mention_tokens,
+            "max_text_tokens": max_text_tokens,
+            "batch_size": batch_size,
+            "alignment_mode": alignment_mode,
+            "annotate_ents": annotate_ents,
+            "overwrite_ents": overwrite_ents,
+        }
+        self.fallback_counts: Counter = new_counter()
+        self._warned: set = set()
+        self._decoder: Any = None
+        self._text_budget: Optional[int] = None
+        install_extensions()
+
+    # --- labels -----------------------------------------------------------
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        return tuple(self.cfg["labels"] or DEFAULT_LABELS)
+
+    @property
+    def label_data(self) -> List[str]:
+        return list(self.labels)
+
+    @property
+    def spans_key(self) -> str:
+        return self.cfg["spans_key"]
+
+    def add_label(self, label: str) -> int:
+        if label in self.cfg["labels"]:
+            return 0
+        _check_labels([*self.cfg["labels"], label], {})
+        self.cfg["labels"] = [*self.cfg["labels"], label]
+        self._decoder = None
+        return 1
+
+    # --- model --------------------------------------------------------------
+    @property
+    def shim(self) -> Any:
+        from .models.architectures import get_shim
+
+        return get_shim(self.model)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.shim.is_loaded
+
+    def _ensure_loaded(self) -> None:
+        """The component works straight after `add_pipe`: the base model loads
+        on first use when `initialize` was not called."""
+        if not self.is_loaded:
+            logger.info("Loading the model of '%s' on first use", self.name)
+            self.model.initialize()
+        if self._decoder is None:
+            self._decoder = self._build_decoder()
+
+    def _build_decoder(self) -> Any:
+        from .decoding import ParallelDecoding, stop_token_ids
+        from .engine import BranchDecoder
+        from .prompt import PromptTemplate, PromptTokenizer
+
+        tokenizer = self.shim.tokenizer
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        engine = BranchDecoder(self.shim.model, stop_token_ids(tokenizer), pad_id)
+        prompts = PromptTokenizer(tokenizer, PromptTemplate(self.cfg["template"]), self.cfg["label_definitions"])
+        self._text_budget = self._compute_text_budget(prompts)
+        return ParallelDecoding(
+            engine,
+            prompts,
+            self.labels,
+            max_count=self.cfg["max_count"],
+            max_count_tokens=self.cfg["max_count_tokens"],
+            max_mention_tokens=self.cfg["max_mention_tokens"],
+        )
+
+    def context_length(self) -> Optional[int]:
+        config = self.shim.model.config
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def _compute_text_budget(self, prompts: Any) -> Optional[int]:
+        """Model tokens left for the text once the prompt around it, the
+        longest branch and the generation bound are accounted for."""
+        context = self.context_length()
+        configured = self.cfg["max_text_tokens"]
+        if context is None:
+            return configured
+        overhead = (
+            len(prompts.prefix(""))
+            + prompts.max_branch_length(self.labels, self.cfg["max_count"])
+            + max(self.cfg["max_count_tokens"], self.cfg["max_mention_tokens"])
+        )
+        budget = context - overhead
+        if budget < 1:
+            raise ValueError(Errors.E920.format(limit=context, needed=overhead))
+        return min(budget, configured) if configured else budget
+
+    # --- prediction ---------------------------------------------------------
+    def _count_tokens(self, text: str) -> int:
+        return len(self.shim.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _windows(self, doc: Doc) -> List[Tuple[int, int]]:
+        if self._text_budget is None:
+            return [(0, len(doc.text))]
+        return split_windows(doc, self._count_tokens, self._text_budget)
+
+    def predict(self, docs: Iterable[Doc]) -> List[DocPrediction]:
+        """Decode every doc; one `DocPrediction` per doc, in order.
+
+        Empty and whitespace-only docs are not sent to the model. Docs longer
+        than the context are decoded in windows (counted as `windowed_docs`).
+        """
+        docs = list(docs)
+        preds = [DocPrediction(fallbacks=Counter()) for _ in docs]
+        if not any(doc.text.strip() for doc in docs):
+            return preds
+        self._ensure_loaded()
+        self.shim.ensure_fork_safe()
+        items: List[Tuple[int, int, str]] = []
+        for i, doc in enumerate(docs):
+            if not doc.text.strip():
+                continue
+            windows = self._windows(doc)
+            if len(windows) > 1:
+                preds[i].fallbacks["windowed_docs"] += 1
+            items.extend((i, start, doc.text[start:end]) for start, end in windows)
+        size = self.cfg["batch_size"]
+        for begin in range(0, len(items), size):
+            chunk = items[begin : begin + size]
+            for (i, offset, text), text_pred in zip(chunk, self._decoder([t for _, _, t in chunk])):
+                spans, counts = align_mentions(text, text_pred.mentions, offset)
+                preds[i].spans.extend(spans)
+                preds[i].fallbacks.update(text_pred.fallbacks)
+                preds[i].fallbacks.update(counts)
+                preds[i].generated_tokens += text_pred.generated_tokens
+                preds[i].decoding_steps += text_pred.decoding_steps
+        return preds
+
+    def set_annotations(self, docs: Iterable[Doc], preds: Sequence[DocPrediction]) -> None:
+        from .resolve import merge_with_existing, resolve_label_conflicts, select_flat
+
+        batch = Counter()
+        for doc, pred in zip(docs, preds):
+            fallbacks = Counter(pred.fallbacks)
+            spans, scores = [], []
+            for char_span in pred.spans:
+                span = doc.char_span(
+                    char_span.start,
+                    char_span.end,
+                    label=char_span.label,
+                    alignment_mode=self.cfg["alignment_mode"],
+                )
+                if span is None or len(span) == 0:
+                    fallbacks["misaligned_mentions"] += 1
+                    continue
+                spans.append(span)
+                scores.append(char_span.score)
+            spans, scores, conflicts = resolve_label_conflicts(spans, scores)
+            group = SpanGroup(doc, name=self.spans_key, spans=spans)
+            group.attrs["scores"] = numpy.asarray(scores, dtype="float32")
+            doc.spans[self.spans_key] = group
+            if self.cfg["annotate_ents"]:
+                flat = select_flat(spans, scores)
+                doc.ents = merge_with_existing(flat, doc.ents, self.cfg["overwrite_ents"])
+            fallbacks = Counter({k: v for k, v in fallbacks.items() if v})
+            doc._.set(
+                EXTENSION,
+                {
+                    "fallbacks": dict(fallbacks),
+                    "label_conflicts": conflicts,
+                    "generated_tokens": pred.generated_tokens,
+                    "decoding_steps": pred.decoding_steps,
+                },
+            )
+            batch.update(fallbacks)
+        self._record(batch)
+
+    def _record(self, batch: Counter) -> None:
+        """Add a batch's fallbacks to the totals; warn once per kind."""
+        self.fallback_counts.update(batch)
+        if batch:
+            logger.debug("%s fallbacks in batch: %s", self.name, dict(batch))
+        for kind in sorted(set(batch) - self._warned):
+            self._warned.add(kind)
+            if kind == "windowed_docs":
+                logger.warning(Warnings.W901.format(limit=self._text_budget, n_windows="several"))
+            else:
+                logger.warning(
+                    "%s: first fallback of kind '%s' (%d in this batch). Totals are in "
+                    "nlp.get_pipe(%r).fallback_counts, per doc in doc._.%s.",
+                    self.name, kind, batch[kind], self.name, EXTENSION,
+                )
+
+    def reset_fallback_counts(self) -> None:
+        self.fallback_counts = new_counter()
+
+    # --- initialization -----------------------------------------------------
+    def initialize(
+        self,
+        get_examples: Callable[[], Iterable[Example]],
+        *,
+        nlp: Optional[Language] = None,
+        labels: Optional[Sequence[str]] = None,
+    ) -> None:
+        """Load the model and settle the labels: given here, configured, or
+        collected from the examples' gold entities and span group."""
+        validate_get_examples(get_examples, "PaDeLLMNER.initialize")
+        if labels is not None:
+            if not labels:
+                raise ValueError(Errors.E904)
+            _check_labels(list(labels), self.cfg["label_definitions"])
+            self.cfg["labels"] = list(labels)
+        elif not self.cfg["labels_configured"]:
+            found = set()
+            for example in get_examples():
+                ref = example.reference
+                found.update(span.label_ for span in ref.ents)
+                found.update(span.label_ for span in ref.spans.get(self.spans_key, []))
+            if found:
+                self.cfg["labels"] = sorted(found)
+        self.model.initialize()
+        self._decoder = None
+
+    # --- serialization ------------------------------------------------------
+    def _cfg_to_save(self) -> Dict[str, Any]:
+        return dict(self.cfg)
+
+    def _cfg_from_saved(self, cfg: Dict[str, Any]) -> None:
+        self.cfg.update(cfg)
+        self._decoder = None
+
+    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = SimpleFrozenList()) -> None:
+        """Writes `cfg` and `model/` (base model reference + adapter files)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        srsly.write_json(path / "cfg", self._cfg_to_save())
+        if "model" not in exclude:
+            self.shim.to_disk(path / "model")
+
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = SimpleFrozenList()) -> "PaDeLLMNER":
+        path = Path(path)
+        if not (path / "cfg").exists():
+            raise ValueError(Errors.E917.format(path=path, reason="cfg is missing"))
+        self._cfg_from_saved(srsly.read_json(path / "cfg"))
+        if "model" not in exclude:
+            self.shim.from_disk(path / "model")
+        return self
+
+    def to_bytes(self, *, exclude: Iterable[str] = SimpleFrozenList()) -> bytes:
+        msg: Dict[str, Any] = {"cfg": srsly.json_dumps(self._cfg_to_save())}
+        if "model" not in exclude:
+            msg["model"] = self.shim.to_bytes()
+        return srsly.msgpack_dumps(msg)
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = SimpleFrozenList()) -> "PaDeLLMNER":
+        msg = srsly.msgpack_loads(bytes_data)
+        self._cfg_from_saved(srsly.json_loads(msg["cfg"]))
+        if "model" not in exclude and "model" in msg:
+            self.shim.from_bytes(msg["model"])
+        return self

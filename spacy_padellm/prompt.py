@@ -1,0 +1,131 @@
+"""The PaDeLLM prompt: rendering its segments and turning them into token ids.
+
+Training and inference must see identical token sequences, so the prompt is
+never tokenized as one string. Each segment (text prefix, label, count,
+mention header, mention) is tokenized on its own and the ids are concatenated.
+That fixes the boundary between the text prefix, whose key/value cache is
+shared by all branches of a document, and every branch behind it.
+"""
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import jinja2
+
+from .errors import Errors
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+DEFAULT_TEMPLATE = "ner.v1"
+
+
+def available_templates() -> List[str]:
+    return sorted(p.name[: -len(".jinja")] for p in TEMPLATE_DIR.glob("*.jinja"))
+
+
+@lru_cache(maxsize=None)
+def _load_module(name: str) -> Any:
+    path = TEMPLATE_DIR / f"{name}.jinja"
+    if not path.exists():
+        raise ValueError(Errors.E918.format(name=name, options=available_templates()))
+    env = jinja2.Environment(keep_trailing_newline=True, autoescape=False)
+    return env.from_string(path.read_text(encoding="utf8")).module
+
+
+class PromptTemplate:
+    """Renders the prompt segments of one named template.
+
+    The segments are, in order: ``prefix(text)`` (shared by all branches of a
+    text), ``label(label, definition)``, ``count(count)``, ``mention_header(n)``
+    and ``mention(mention)``. The count and mention segments end with a
+    newline, which is what decoding stops at.
+    """
+
+    def __init__(self, name: str = DEFAULT_TEMPLATE) -> None:
+        self.name = name
+        self._module = _load_module(name)
+
+    def prefix(self, text: str) -> str:
+        return str(self._module.prefix(text))
+
+    def label(self, label: str, definition: Optional[str] = None) -> str:
+        return str(self._module.label(label, definition or ""))
+
+    def count(self, count: int) -> str:
+        return str(self._module.count(count))
+
+    def mention_header(self, n: int) -> str:
+        return str(self._module.mention_header(n))
+
+    def mention(self, mention: str) -> str:
+        return str(self._module.mention(mention))
+
+
+class PromptTokenizer:
+    """Token ids of the prompt segments for one tokenizer and one template.
+
+    Label, count and header segments repeat for every document, so their ids
+    are cached.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: PromptTemplate,
+        label_definitions: Optional[Dict[str, str]] = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self.label_definitions = dict(label_definitions or {})
+        self._cache: Dict[Any, List[int]] = {}
+        self._leading_special = self._leading_special_tokens()
+
+    def _leading_special_tokens(self) -> List[int]:
+        """The special tokens (e.g. BOS) the tokenizer puts before a text, which
+        the model saw in pretraining; trailing ones (EOS) are not wanted."""
+        plain = self._encode("a")
+        full = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return full[:start]
+        return []
+
+    def _encode(self, text: str) -> List[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _cached(self, key: Any, text: str) -> List[int]:
+        ids = self._cache.get(key)
+        if ids is None:
+            ids = self._cache[key] = self._encode(text)
+        return ids
+
+    def prefix(self, text: str) -> List[int]:
+        """The shared prefix, led by the special tokens the tokenizer adds."""
+        return self._leading_special + self._encode(self.template.prefix(text))
+
+    def label(self, label: str) -> List[int]:
+        definition = self.label_definitions.get(label)
+        return self._cached(("label", label), self.template.label(label, definition))
+
+    def count(self, count: int) -> List[int]:
+        return self._cached(("count", count), self.template.count(count))
+
+    def mention_header(self, n: int) -> List[int]:
+        return self._cached(("header", n), self.template.mention_header(n))
+
+    def mention(self, mention: str) -> List[int]:
+        return self._encode(self.template.mention(mention))
+
+    def count_branch(self, label: str) -> List[int]:
+        """Step-1 branch: everything after the prefix up to the count."""
+        return self.label(label)
+
+    def mention_branch(self, label: str, count: int, n: int) -> List[int]:
+        """Step-2 branch: label, the (canonically re-tokenized) count and the
+        header of the n-th mention."""
+        return self.label(label) + self.count(count) + self.mention_header(n)
+
+    def max_branch_length(self, labels: Sequence[str], max_count: int) -> int:
+        return max(
+            (len(self.mention_branch(label, max_count, max_count)) for label in labels),
+            default=0,
+        )

@@ -1,0 +1,10 @@
+"""Every registered function of the package, in one place.
+
+The entry points in setup.cfg point here, so spaCy finds these names without
+the package being imported first.
+"""
+from .models.architectures import build_causal_lm
+from .scoring import make_padellm_ner_scorer
+
+causal_lm_v1 = build_causal_lm
+ner_scorer_v1 = make_padellm_ner_scorer

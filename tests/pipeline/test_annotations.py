@@ -1,0 +1,110 @@
+"""Duplicates, nesting, `doc.ents` and fallbacks, through scripted generations."""
+import logging
+
+import pytest
+from spacy.tokens import Span
+
+
+def run(nlp, text, script):
+    from ..conftest import ScriptedDecoding
+
+    nlp.get_pipe("padellm_ner")._decoder = ScriptedDecoding({text: script})
+    return nlp(text)
+
+
+def test_same_span_under_two_labels_keeps_most_probable(scripted_nlp):
+    doc = run(scripted_nlp, "Jordan won .", [("PER", 1, "Jordan", 0.4), ("LOC", 1, "Jordan", 0.7)])
+    group = doc.spans["padellm"]
+    assert [(s.text, s.label_) for s in group] == [("Jordan", "LOC")]
+    assert list(group.attrs["scores"]) == pytest.approx([0.7])
+    assert doc._.padellm["label_conflicts"] == 1
+
+
+def test_tie_does_not_depend_on_label_order(scripted_nlp):
+    a = run(scripted_nlp, "Jordan won .", [("PER", 1, "Jordan", 0.5), ("LOC", 1, "Jordan", 0.5)])
+    b = run(scripted_nlp, "Jordan won .", [("LOC", 1, "Jordan", 0.5), ("PER", 1, "Jordan", 0.5)])
+    assert [s.label_ for s in a.ents] == [s.label_ for s in b.ents] == ["LOC"]
+
+
+def test_nested_spans_kept_in_group_flat_selection_in_ents(scripted_nlp):
+    script = [("ORG", 1, "Bank of China", 0.6), ("LOC", 1, "China", 0.9)]
+    scripted_nlp.get_pipe("padellm_ner").add_label("ORG")
+    doc = run(scripted_nlp, "The Bank of China lends .", script)
+    group = doc.spans["padellm"]
+    assert sorted((s.text, s.label_) for s in group) == [("Bank of China", "ORG"), ("China", "LOC")]
+    scores = dict(zip((s.text for s in group), group.attrs["scores"]))
+    assert scores["China"] == pytest.approx(0.9) and scores["Bank of China"] == pytest.approx(0.6)
+    # The more probable span wins the flat view.
+    assert [(e.text, e.label_) for e in doc.ents] == [("China", "LOC")]
+
+
+def test_flat_selection_prefers_longer_span_on_equal_probability(scripted_nlp):
+    doc = run(scripted_nlp, "The Bank of China lends .", [("MISC", 1, "Bank of China", 0.5), ("LOC", 1, "China", 0.5)])
+    assert [e.text for e in doc.ents] == ["Bank of China"]
+    assert len(doc.spans["padellm"]) == 2
+
+
+@pytest.mark.parametrize("overwrite,expected", [(False, [("Paris", "GPE")]), (True, [("Paris", "LOC")])])
+def test_existing_ents_follow_entity_ruler_rule(tiny_model_dir, overwrite, expected):
+    from ..conftest import ScriptedDecoding, make_nlp
+
+    nlp = make_nlp(tiny_model_dir, overwrite_ents=overwrite)
+    nlp.initialize()
+    pipe = nlp.get_pipe("padellm_ner")
+    pipe._decoder = ScriptedDecoding({"Paris and Rome": [("LOC", 1, "Paris", 0.9), ("LOC", 2, "Rome", 0.9)]})
+    doc = nlp.make_doc("Paris and Rome")
+    doc.ents = [Span(doc, 0, 1, label="GPE")]
+    doc = pipe(doc)
+    assert [(e.text, e.label_) for e in doc.ents if e.text == "Paris"] == expected
+    assert [(e.text, e.label_) for e in doc.ents if e.text == "Rome"] == [("Rome", "LOC")]
+
+
+def test_annotate_ents_false_leaves_ents(tiny_model_dir):
+    from ..conftest import ScriptedDecoding, make_nlp
+
+    nlp = make_nlp(tiny_model_dir, annotate_ents=False)
+    nlp.initialize()
+    nlp.get_pipe("padellm_ner")._decoder = ScriptedDecoding({"Paris": [("LOC", 1, "Paris", 0.9)]})
+    doc = nlp("Paris")
+    assert doc.ents == () and len(doc.spans["padellm"]) == 1
+
+
+def test_alignment_mode_contract_drops_partial_token(tiny_model_dir):
+    from ..conftest import ScriptedDecoding, make_nlp
+
+    for mode, expected in (("expand", ["U.S."]), ("contract", [])):
+        nlp = make_nlp(tiny_model_dir, alignment_mode=mode)
+        nlp.initialize()
+        pipe = nlp.get_pipe("padellm_ner")
+        pipe._decoder = ScriptedDecoding({"the U.S. dollar": [("LOC", 1, "U.S", 0.9)]})
+        doc = nlp("the U.S. dollar")
+        assert [s.text for s in doc.spans["padellm"]] == expected
+        assert pipe.fallback_counts["misaligned_mentions"] == (0 if expected else 1)
+
+
+def test_fallbacks_counted_per_doc_in_pipe_and_logged(scripted_nlp, caplog):
+    pipe = scripted_nlp.get_pipe("padellm_ner")
+    pipe._decoder.script = {
+        "Japan won .": [("LOC", 1, "Japan", 0.9), ("LOC", 2, "Mars", 0.9)],
+        "Rome .": [("LOC", 1, "Venus", 0.9)],
+    }
+    with caplog.at_level(logging.WARNING, logger="spacy_padellm"):
+        docs = list(scripted_nlp.pipe(["Japan won .", "Rome ."]))
+    assert [d._.padellm["fallbacks"] for d in docs] == [{"hallucinated_mentions": 1}, {"hallucinated_mentions": 1}]
+    assert pipe.fallback_counts["hallucinated_mentions"] == 2
+    assert "hallucinated_mentions" in caplog.text
+    assert [e.text for e in docs[0].ents] == ["Japan"]
+    pipe.reset_fallback_counts()
+    assert pipe.fallback_counts["hallucinated_mentions"] == 0
+
+
+def test_empty_whitespace_and_emoji_docs(scripted_nlp):
+    pipe = scripted_nlp.get_pipe("padellm_ner")
+    pipe._decoder.script = {"🙂 Zürich 🙂": [("LOC", 1, "Zürich", 0.9)]}
+    texts = ["", "   ", "\n\t", "🙂 Zürich 🙂"]
+    docs = list(scripted_nlp.pipe(texts))
+    assert [d.text for d in docs] == texts
+    assert [len(d.ents) for d in docs] == [0, 0, 0, 1]
+    # Blank docs never reach the decoder.
+    assert pipe._decoder.calls == [["🙂 Zürich 🙂"]]
+    assert all(d.spans["padellm"] is not None for d in docs)

@@ -1,0 +1,140 @@
+"""Registration and configuration-time errors."""
+import subprocess
+from pathlib import Path
+import sys
+
+import pytest
+import spacy
+from thinc.api import Config
+
+from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
+
+
+def test_factory_found_through_entry_point_without_import():
+    code = (
+        "import spacy, sys; nlp = spacy.blank('en'); nlp.add_pipe('padellm_ner');"
+        "print(type(nlp.get_pipe('padellm_ner')).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PaDeLLMNER"
+
+
+@pytest.mark.parametrize("registry,name", [
+    ("architectures", "spacy_padellm.CausalLM.v1"),
+    ("scorers", "spacy_padellm.ner_scorer.v1"),
+])
+def test_registered_names(registry, name):
+    assert callable(getattr(spacy.registry, registry).get(name))
+
+
+def test_config_round_trips_through_config_string(tiny_model_dir):
+    from ..conftest import make_nlp
+
+    nlp = make_nlp(tiny_model_dir, labels=["PER", "LOC"], label_definitions={"PER": "a person"})
+    config = Config().from_str(nlp.config.to_str())
+    nlp2 = spacy.util.load_model_from_config(config, auto_fill=True)
+    pipe = nlp2.get_pipe("padellm_ner")
+    assert pipe.labels == ("PER", "LOC")
+    assert pipe.cfg["label_definitions"] == {"PER": "a person"}
+
+
+@pytest.mark.parametrize(
+    "config,code",
+    [
+        ({"decoding": "beam"}, "E901"),
+        ({"alignment_mode": "fuzzy"}, "E902"),
+        ({"max_count": 0}, "E903"),
+        ({"max_mention_tokens": -3}, "E903"),
+        ({"batch_size": 0}, "E903"),
+        ({"labels": ["PER", "A\nB"]}, "E905"),
+        ({"labels": ["PER", ""]}, "E905"),
+        ({"labels": ["PER", "PER"]}, "E907"),
+        ({"labels": ["PER"], "label_definitions": {"ORG": "companies"}}, "E906"),
+        ({"template": "ner.v99"}, "E918"),
+    ],
+)
+def test_bad_config_is_rejected_clearly(config, code):
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match=code):
+        nlp.add_pipe("padellm_ner", config=config)
+
+
+def test_autoregressive_not_accepted_yet():
+    with pytest.raises(ValueError, match="parallel"):
+        spacy.blank("en").add_pipe("padellm_ner", config={"decoding": "autoregressive"})
+
+
+def test_template_renders_exact_segments():
+    t = PromptTemplate()
+    assert t.prefix("Japan won .") == "text:\nJapan won .\nentity type:\n"
+    assert t.label("LOC") == "LOC\n<num>"
+    assert t.label("LOC", "a place") == "LOC (a place)\n<num>"
+    assert t.count(2) == "2\n"
+    assert t.mention_header(3) == "<mention 3>"
+    assert t.mention("Japan") == "Japan\n"
+
+
+def test_segments_are_tokenized_separately(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = PromptTokenizer(tok, PromptTemplate(), {"LOC": "a place"})
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
+    assert prompts.mention_branch("LOC", 2, 1) == enc("LOC (a place)\n<num>") + enc("2\n") + enc("<mention 1>")
+    assert prompts.count_branch("PER") == enc("PER\n<num>")
+
+
+def test_label_order_does_not_change_results(memorized_model_dir):
+    from ..conftest import MEMORIZED, make_nlp
+
+    texts = [t for t, _ in MEMORIZED]
+    results = []
+    for labels in (["PER", "LOC", "MISC"], ["MISC", "LOC", "PER"]):
+        nlp = make_nlp(memorized_model_dir, labels=labels)
+        nlp.initialize()
+        docs = list(nlp.pipe(texts))
+        results.append([[(s.start, s.end, s.label_) for s in d.spans["padellm"]] for d in docs])
+    assert results[0] == results[1]
+    assert sum(map(len, results[0])) >= 4
+
+
+def test_labels_collected_from_examples_when_not_configured(tiny_model_dir):
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("padellm_ner", config={"model": {"@architectures": "spacy_padellm.CausalLM.v1", "name": str(tiny_model_dir)}})
+    doc = nlp.make_doc("Paris is nice")
+    example = Example.from_dict(doc, {"entities": ["U-GPE", "O", "O"]})
+    nlp.initialize(lambda: [example])
+    assert nlp.get_pipe("padellm_ner").labels == ("GPE",)
+
+
+def test_initialize_with_empty_labels_fails(tiny_model_dir):
+    from ..conftest import make_nlp
+
+    nlp = make_nlp(tiny_model_dir)
+    from spacy.training import Example
+
+    pipe = nlp.get_pipe("padellm_ner")
+    doc = nlp.make_doc("no entities")
+    with pytest.raises(ValueError, match="E904"):
+        pipe.initialize(lambda: [Example(doc, doc)], nlp=nlp, labels=[])
+
+
+def test_shipped_config_builds_and_assembles(tiny_model_dir, tmp_path):
+    from spacy.cli.assemble import assemble_cli  # noqa: F401  (the CLI exists)
+
+    root = Path(__file__).parents[2]
+    overrides = {
+        "components.padellm_ner.model.name": str(tiny_model_dir),
+        "components.padellm_ner.model.package": None,
+        "components.padellm_ner.model.gguf_file": None,
+    }
+    config = spacy.util.load_config(root / "configs" / "inference.cfg", overrides=overrides, interpolate=False)
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    nlp.initialize()
+    pipe = nlp.get_pipe("padellm_ner")
+    assert pipe.labels == ("PER", "ORG", "LOC", "MISC")
+    assert pipe.cfg["label_definitions"]["PER"] == "names of people"
+    nlp.to_disk(tmp_path / "assembled")
+    assert spacy.load(tmp_path / "assembled").pipe_names == ["padellm_ner"]

@@ -1,0 +1,115 @@
+"""Run-time fallbacks: garbage counts, long docs, several processes."""
+import pytest
+
+from spacy_padellm.decoding import ParallelDecoding, stop_token_ids
+from spacy_padellm.engine import Generation
+from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
+
+from ..conftest import MEMORIZED, make_nlp
+
+
+class GarbageEngine:
+    """An engine whose count branches answer from a script, e.g. "many"."""
+
+    def __init__(self, tokenizer, counts, mention="Japan\n", stop=True):
+        self.tokenizer, self.counts, self.mention, self.stop = tokenizer, counts, mention, stop
+
+    def encode_prefixes(self, prefixes):
+        return None
+
+    def decode(self, prefixes, text_index, suffixes, max_new_tokens):
+        out = []
+        for suffix in suffixes:
+            branch = self.tokenizer.decode(suffix)
+            label = branch.split("\n")[0]
+            answer = self.mention if "<mention" in branch else self.counts[label]
+            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"][:max_new_tokens]
+            out.append(Generation(ids, [-0.1] * len(ids), self.stop and answer.endswith("\n")))
+        return out
+
+
+@pytest.fixture
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_garbage_counts_fall_back_and_are_counted(tokenizer):
+    engine = GarbageEngine(tokenizer, {"PER": "many\n", "LOC": "-1\n", "MISC": "99999\n", "ORG": "2\n"})
+    decoding = ParallelDecoding(
+        engine, PromptTokenizer(tokenizer, PromptTemplate()), ["PER", "LOC", "MISC", "ORG"],
+        max_count=3, max_count_tokens=8, max_mention_tokens=8,
+    )
+    pred = decoding(["Japan and Japan ."])[0]
+    assert pred.counts == {"PER": 0, "LOC": 0, "MISC": 3, "ORG": 2}
+    assert pred.fallbacks["unparseable_counts"] == 2
+    assert pred.fallbacks["clipped_counts"] == 1
+    assert [(m.label, m.n) for m in pred.mentions] == [("MISC", 1), ("MISC", 2), ("MISC", 3), ("ORG", 1), ("ORG", 2)]
+
+
+def test_unfinished_mentions_are_dropped_and_counted(tokenizer):
+    engine = GarbageEngine(tokenizer, {"LOC": "1\n"}, mention="Japan began the defence of")
+    decoding = ParallelDecoding(
+        engine, PromptTokenizer(tokenizer, PromptTemplate()), ["LOC"],
+        max_count=3, max_count_tokens=8, max_mention_tokens=3,
+    )
+    pred = decoding(["Japan began the defence of their title ."])[0]
+    assert pred.mentions == []
+    assert pred.fallbacks["truncated_generations"] == 1
+
+
+def test_garbage_counts_through_the_pipe(tiny_model_dir, tokenizer):
+    nlp = make_nlp(tiny_model_dir, labels=["PER", "LOC"], max_count=1)
+    nlp.initialize()
+    pipe = nlp.get_pipe("padellm_ner")
+    pipe._ensure_loaded()
+    pipe._decoder.engine = GarbageEngine(tokenizer, {"PER": "many\n", "LOC": "7\n"})
+    docs = list(nlp.pipe(["Japan won .", "", "Japan lost ."]))
+    assert [[e.text for e in d.ents] for d in docs] == [["Japan"], [], ["Japan"]]
+    assert pipe.fallback_counts["unparseable_counts"] == 2
+    assert pipe.fallback_counts["clipped_counts"] == 2
+
+
+def test_long_doc_is_decoded_in_windows(memorized_model_dir):
+    sentence = MEMORIZED[0][0]
+    n = 30
+    # The tiny model knows single sentences only: windows of one sentence.
+    nlp = make_nlp(memorized_model_dir, labels=["LOC", "MISC", "PER"], max_text_tokens=24)
+    nlp.add_pipe("sentencizer", first=True)
+    nlp.initialize()
+    pipe = nlp.get_pipe("padellm_ner")
+    assert 12 < pipe._count_tokens(sentence) <= 24
+    text = " ".join([sentence] * n)
+    assert pipe._count_tokens(text) > pipe.context_length()
+    doc = nlp(text)
+    assert doc._.padellm["fallbacks"]["windowed_docs"] == 1
+    japan = [e for e in doc.ents if e.label_ == "LOC"]
+    assert len(japan) == n
+    assert all(e.text == "Japan" and e.sent.start == e.start for e in japan)
+    assert pipe.fallback_counts["windowed_docs"] == 1
+
+
+def test_long_doc_without_sentences_is_split_at_tokens(memorized_model_dir):
+    nlp = make_nlp(memorized_model_dir, labels=["LOC"], max_text_tokens=20)
+    nlp.initialize()
+    pipe = nlp.get_pipe("padellm_ner")
+    text = " ".join(["word"] * 200) + " " + "x" * 300
+    doc = nlp(text)
+    assert doc._.padellm["fallbacks"]["windowed_docs"] == 1
+    windows = pipe._windows(doc)
+    assert all(pipe._count_tokens(text[s:e]) <= 20 for s, e in windows)
+    covered = "".join(text[s:e] for s, e in windows).replace(" ", "")
+    assert covered == text.replace(" ", "")
+
+
+def test_several_processes_keep_order_and_results(memorized_model_dir):
+    nlp = make_nlp(memorized_model_dir)
+    nlp.initialize()
+    texts = [t for t, _ in MEMORIZED] * 3 + ["", "🙂"]
+    single = [[(e.text, e.label_) for e in d.ents] for d in nlp.pipe(texts, batch_size=2)]
+    docs = list(nlp.pipe(texts, batch_size=2, n_process=2))
+    assert [d.text for d in docs] == texts
+    assert [[(e.text, e.label_) for e in d.ents] for d in docs] == single
+    assert all(d._.padellm is not None for d in docs)
+    assert sum(map(len, single)) > 0
