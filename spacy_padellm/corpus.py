@@ -1,0 +1,263 @@
+"""Read the PaDeLLM-NER JSONL corpora as spaCy Docs and training Examples.
+
+Each line is `[text, [start, end, mention, label], ...]`. The texts are
+already tokenized (English: tokens joined by single spaces; Chinese: one
+index per character), so the Docs are built from exactly those tokens rather
+than with spaCy's tokenizer: that way the file's indices are token indices
+and no entity is lost to a tokenization mismatch.
+
+Every gold span goes into `doc.spans[spans_key]`, because genia nests
+entities and `doc.ents` cannot hold overlaps; `doc.ents` gets the longest
+non-overlapping selection, so that spaCy's flat `ents_*` scores still work.
+The mention string of every entity is checked against the tokens it points
+at: the corpora disagree on whether `end` is inclusive, and a wrong guess
+would otherwise shift every entity silently.
+"""
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from spacy.language import Language
+from spacy.tokens import Doc, Span, SpanGroup
+from spacy.training import Example
+from spacy.util import filter_spans
+from spacy.vocab import Vocab
+
+from .errors import Errors
+
+END_CONVENTIONS = ("inclusive", "exclusive")
+DEFAULT_SPANS_KEY = "padellm"
+# Languages whose corpora index characters, not space-separated tokens.
+CHARACTER_LANGS = frozenset({"zh"})
+
+Entity = Tuple[int, int, str, str]
+
+
+def check_end(end: str, path: Union[str, Path]) -> None:
+    """Fail before reading anything: a wrong `end` would misplace every span."""
+    if end not in END_CONVENTIONS:
+        raise ValueError(Errors.E2030.format(end=end, path=path))
+
+
+def resolve_lang(lang: Optional[str], vocab_or_nlp: Union[Language, Vocab, None]) -> str:
+    """An explicit `lang` wins, then the pipeline's language, then English."""
+    if lang:
+        return lang
+    if isinstance(vocab_or_nlp, Language):
+        return vocab_or_nlp.lang
+    if isinstance(vocab_or_nlp, Vocab) and vocab_or_nlp.lang:
+        return vocab_or_nlp.lang
+    return "en"
+
+
+def tokenize(text: str, char_level: bool) -> Tuple[List[str], List[bool]]:
+    """The words and trailing-space flags the file's indices refer to."""
+    if char_level:
+        return list(text), [False] * len(text)
+    if not text:
+        return [], []
+    words = text.split(" ")
+    return words, [True] * (len(words) - 1) + [False]
+
+
+def parse_line(line: str, path: Union[str, Path], line_no: int) -> Tuple[str, List[Entity]]:
+    """Decode one JSONL line and check its shape, naming the line on failure."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(Errors.E2031.format(path=path, line=line_no, reason=err)) from None
+
+    def fail(problem: str) -> ValueError:
+        return ValueError(Errors.E2032.format(path=path, line=line_no, problem=problem))
+
+    if not isinstance(data, list) or not data:
+        raise fail(f"expected a non-empty JSON array, got {type(data).__name__} {data!r:.60}")
+    text = data[0]
+    if not isinstance(text, str):
+        raise fail(f"element 0 must be the text (a string), got {text!r:.60}")
+    entities: List[Entity] = []
+    for i, item in enumerate(data[1:], 1):
+        if not isinstance(item, list) or len(item) != 4:
+            raise fail(f"element {i} must be [start, end, mention, label], got {item!r:.80}")
+        start, end, mention, label = item
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end)):
+            raise fail(f"element {i} {item!r}: start and end must be integers")
+        if not isinstance(mention, str) or not isinstance(label, str) or not label:
+            raise fail(f"element {i} {item!r}: mention and label must be strings (label non-empty)")
+        entities.append((start, end, mention, label))
+    return text, entities
+
+
+def entity_span(
+    doc: Doc,
+    words: Sequence[str],
+    entity: Entity,
+    *,
+    end: str,
+    char_level: bool,
+    path: Union[str, Path],
+    line_no: int,
+) -> Span:
+    """The Span an entity points at, after checking it against its mention."""
+    start, last, mention, label = entity
+    stop = last + 1 if end == "inclusive" else last
+    unit = "character" if char_level else "token"
+    joiner = "" if char_level else " "
+    problem = None
+    if start < 0:
+        problem = f"start {start} is negative"
+    elif stop <= start:
+        problem = f"the span is empty (start {start}, end {last}, end is {end})"
+    elif stop > len(words):
+        problem = f"it ends past the last {unit}, index {len(words) - 1}"
+    if problem:
+        raise ValueError(
+            Errors.E2033.format(
+                path=path, line=line_no, entity=list(entity), n=len(words), unit=unit, problem=problem,
+                hint=_hint(words, entity, end=end, char_level=char_level),
+            )
+        )
+    found = joiner.join(words[start:stop])
+    if found != mention:
+        raise ValueError(
+            Errors.E2034.format(
+                path=path, line=line_no, entity=list(entity), unit=unit, found=found,
+                hint=_hint(words, entity, end=end, char_level=char_level),
+            )
+        )
+    return Span(doc, start, stop, label=label)
+
+
+def _hint(words: Sequence[str], entity: Entity, *, end: str, char_level: bool) -> str:
+    """What to change when an entity does not fit: the other end convention,
+    character tokens, or the file itself."""
+    start, last, mention, _ = entity
+    other = "exclusive" if end == "inclusive" else "inclusive"
+    other_stop = last if end == "inclusive" else last + 1
+    joiner = "" if char_level else " "
+    if 0 <= start < other_stop <= len(words) and joiner.join(words[start:other_stop]) == mention:
+        return f"It matches with end={other!r}: pass that for this file."
+    if not char_level and " " not in mention and len(mention) > 1:
+        text = "".join(words)
+        stop = last + 1 if end == "inclusive" else last
+        if text[start:stop] == mention or text[start:other_stop] == mention:
+            return "It matches the text's characters: pass lang='zh' for character-indexed corpora."
+    return f"Fix the indices or the mention in the file, and check that end={end!r} is the file's convention."
+
+
+def line_to_doc(
+    vocab: Vocab,
+    line: str,
+    *,
+    path: Union[str, Path],
+    line_no: int,
+    end: str = "inclusive",
+    spans_key: str = DEFAULT_SPANS_KEY,
+    char_level: bool = False,
+) -> Doc:
+    """One annotated Doc: all spans in the span group, a flat subset as ents."""
+    text, entities = parse_line(line, path, line_no)
+    words, spaces = tokenize(text, char_level)
+    if not char_level and "" in words:
+        raise ValueError(Errors.E2035.format(path=path, line=line_no, i=words.index("")))
+    doc = Doc(vocab, words=words, spaces=spaces)
+    spans = [
+        entity_span(doc, words, entity, end=end, char_level=char_level, path=path, line_no=line_no)
+        for entity in entities
+    ]
+    doc.spans[spans_key] = SpanGroup(doc, name=spans_key, spans=spans)
+    doc.ents = filter_spans(spans)
+    return doc
+
+
+def read_jsonl_docs(
+    path: Union[str, Path],
+    vocab: Union[Language, Vocab, None] = None,
+    *,
+    end: str = "inclusive",
+    spans_key: str = DEFAULT_SPANS_KEY,
+    lang: Optional[str] = None,
+) -> Iterator[Doc]:
+    """Stream the annotated Docs of a JSONL file, one per non-blank line.
+
+    `vocab` may be an `nlp` object or a Vocab (a fresh one when omitted).
+    `lang` defaults to the pipeline's language, else "en"; "zh" makes one
+    token per character, as the Chinese corpora index characters.
+    """
+    check_end(end, path)
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(Errors.E2038.format(path=path))
+    char_level = resolve_lang(lang, vocab) in CHARACTER_LANGS
+    if isinstance(vocab, Language):
+        vocab = vocab.vocab
+    elif vocab is None:
+        vocab = Vocab()
+    with path.open(encoding="utf8") as file_:
+        for line_no, line in enumerate(file_, 1):
+            if not line.strip():
+                continue
+            yield line_to_doc(
+                vocab, line, path=path, line_no=line_no, end=end, spans_key=spans_key, char_level=char_level
+            )
+
+
+def to_example(reference: Doc) -> Example:
+    """Pair a gold Doc with an unannotated copy of its words, as spaCy's
+    readers do, so components predict on exactly the gold tokens."""
+    predicted = Doc(
+        reference.vocab,
+        words=[token.text for token in reference],
+        spaces=[bool(token.whitespace_) for token in reference],
+    )
+    return Example(predicted, reference)
+
+
+class JsonlCorpus:
+    """A reader for `[corpora]`/`[training]` configs: called with `nlp`, it
+    yields Examples, reading the file again on every call (every epoch)."""
+
+    def __init__(
+        self,
+        path: Union[str, Path],
+        *,
+        end: str = "inclusive",
+        spans_key: str = DEFAULT_SPANS_KEY,
+        lang: Optional[str] = None,
+        limit: int = 0,
+        shuffle: bool = False,
+    ) -> None:
+        check_end(end, path)
+        self.path = Path(path)
+        self.end = end
+        self.spans_key = spans_key
+        self.lang = lang
+        self.limit = limit
+        self.shuffle = shuffle
+
+    def __call__(self, nlp: Language) -> Iterator[Example]:
+        docs: Any = read_jsonl_docs(self.path, nlp, end=self.end, spans_key=self.spans_key, lang=self.lang)
+        if self.shuffle:
+            docs = list(docs)
+            random.shuffle(docs)
+        for i, doc in enumerate(docs):
+            if self.limit >= 1 and i >= self.limit:
+                break
+            yield to_example(doc)
+
+
+def make_jsonl_corpus(
+    path: Path,
+    end: str = "inclusive",
+    spans_key: str = DEFAULT_SPANS_KEY,
+    lang: Optional[str] = None,
+    limit: int = 0,
+    shuffle: bool = False,
+) -> Callable[[Language], Iterator[Example]]:
+    """`spacy_padellm.JsonlCorpus.v1`: like `spacy.Corpus.v1`, for the JSONL
+    corpora. `end` is the file's end convention ("exclusive" for genia);
+    `lang` overrides the pipeline's language ("zh": character tokens);
+    `limit` > 0 keeps the first examples only; `shuffle` reorders them
+    (with Python's `random`, which `spacy train` seeds)."""
+    return JsonlCorpus(path, end=end, spans_key=spans_key, lang=lang, limit=limit, shuffle=shuffle)
