@@ -46,6 +46,9 @@ class Errors(metaclass=ErrorsWithCodes):
     E2019 = ("The tokenizer of '{name}' has neither an end-of-sequence nor a "
             "padding token; set `tokenizer.eos_token` before using it.")
     E2021 = ("Unknown fine_tuning mode '{mode}'. Pass one of: {options}.")
+    E2022 = ("Full fine-tuning needs float32 weights (thinc's optimizer cannot "
+             "step {dtype}). Set `dtype = \"float32\"` in the model config, or use "
+             "`fine_tuning = \"lora\"`, whose adapter stays in float32.")
     E2020 = ("The model's context window ({limit} tokens) is too short for the "
             "prompt around the text plus the generation bounds ({needed} tokens). "
             "Lower `max_mention_tokens`/`max_count_tokens` or use a model with a longer context.")

@@ -219,10 +219,13 @@ class PaDeLLMNER(TrainablePipe):
         return self.cfg["spans_key"]
 
     def add_label(self, label: str) -> int:
-        if label in self.cfg["labels"]:
+        """Add to the current labels (the defaults too, when none were set);
+        a label added here counts as configured."""
+        if label in self.labels:
             return 0
-        _check_labels([*self.cfg["labels"], label], {})
-        self.cfg["labels"] = [*self.cfg["labels"], label]
+        _check_labels([*self.labels, label], {})
+        self.cfg["labels"] = [*self.labels, label]
+        self.cfg["labels_configured"] = True
         self._decoder = None
         return 1
 
@@ -309,8 +312,8 @@ class PaDeLLMNER(TrainablePipe):
         preds = [DocPrediction(fallbacks=Counter()) for _ in docs]
         if not any(doc.text.strip() for doc in docs):
             return preds
-        self._ensure_loaded()
         self.shim.ensure_fork_safe()
+        self._ensure_loaded()
         items: List[Tuple[int, int, str]] = []
         for i, doc in enumerate(docs):
             if not doc.text.strip():
@@ -459,7 +462,12 @@ class PaDeLLMNER(TrainablePipe):
         context = self.context_length()
         if context is None:
             return items
-        kept = [item for item in items if item.packed_length <= context]
+        # Branches share the prefix's positions: the longest position is
+        # the prefix plus the longest branch, not the packed row.
+        kept = [
+            item for item in items
+            if len(item.prefix) + max((len(b.ids) for b in item.branches), default=0) <= context
+        ]
         if len(kept) < len(items):
             logger.warning("%s: skipped %d training texts longer than the context (%d tokens)",
                            self.name, len(items) - len(kept), context)

@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             item.add_marker(skip)
 
 
-def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0) -> Path:
+def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0, tie: bool = False) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -62,7 +62,7 @@ def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0) -> Pat
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         bos_token_id=None,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
     model = LlamaForCausalLM(config)
     path.mkdir(parents=True, exist_ok=True)

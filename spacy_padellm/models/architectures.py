@@ -11,7 +11,7 @@ from thinc.api import ArgsKwargs, Model
 from thinc.shims.pytorch_grad_scaler import PyTorchGradScaler
 from spacy.util import SimpleFrozenDict
 
-from .loader import ModelSource
+from .loader import ModelSource, logger
 from .shim import CausalLMShim, FineTuning
 
 CausalLMModel = Model[ArgsKwargs, Any]
@@ -63,8 +63,14 @@ def build_causal_lm(
     """
     if name is None and package is None:
         package, gguf_file = DEFAULT_PACKAGE, gguf_file or DEFAULT_GGUF
-        if adapter is None and (DEFAULT_ADAPTER / "adapter_config.json").exists():
-            adapter = str(DEFAULT_ADAPTER)
+        if adapter is None:
+            if (DEFAULT_ADAPTER / "adapter_config.json").exists():
+                adapter = str(DEFAULT_ADAPTER)
+            else:
+                logger.warning(
+                    "The default CoNLL-03 adapter is not in this installation "
+                    "(%s); the base model alone does not predict entities well.", DEFAULT_ADAPTER,
+                )
     grad_scaler_config = dict(grad_scaler_config)
     grad_scaler_config.setdefault("enabled", mixed_precision)
     shim = CausalLMShim(

@@ -9,6 +9,7 @@ can also be loaded with `PeftModel.from_pretrained` directly.
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -114,6 +115,9 @@ class CausalLMShim(PyTorchShim):
         model = self.model
         changed = False
         if self.fine_tuning.mode == "full":
+            dtype = next(model.parameters()).dtype
+            if dtype != torch.float32:
+                raise ValueError(Errors.E2022.format(dtype=dtype))
             for param in model.parameters():
                 param.requires_grad_(True)
             self._full_weights = True
@@ -157,7 +161,7 @@ class CausalLMShim(PyTorchShim):
         return {
             "source": self.source.to_dict(),
             "dtype": self.dtype,
-            "has_adapter": self.has_adapter,
+            "has_adapter": self.has_adapter or (not self.is_loaded and bool(self.adapter)),
             "full_weights": self._full_weights,
             "fine_tuning": asdict(self.fine_tuning),
             "versions": _library_versions(),
@@ -169,11 +173,16 @@ class CausalLMShim(PyTorchShim):
         srsly.write_json(path / "model.json", self._meta())
         if self.has_adapter:
             self.model.save_pretrained(str(path / "adapter"))
+        elif not self.is_loaded and self.adapter:
+            # Saved before the model was loaded: keep the configured adapter.
+            (path / "adapter").mkdir(exist_ok=True)
+            for name in ADAPTER_FILES:
+                shutil.copy(Path(self.adapter) / name, path / "adapter" / name)
         if self._full_weights:
-            from safetensors.torch import save_file
+            from safetensors.torch import save_model
 
-            state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-            save_file(state, str(path / WEIGHTS_FILE))
+            # save_model, unlike save_file, handles tied embeddings.
+            save_model(self.model, str(path / WEIGHTS_FILE))
 
     def from_disk(self, path: Path) -> "CausalLMShim":
         path = Path(path)
@@ -191,25 +200,24 @@ class CausalLMShim(PyTorchShim):
         return self
 
     def _load_full_weights(self, path: Path) -> None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
-        state = load_file(str(path), device=str(self.device))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing, unexpected = load_model(self.model, str(path), strict=False, device=str(self.device))
+        if missing:
+            raise ValueError(Errors.E2017.format(path=path, reason=f"{len(missing)} weights are missing, e.g. {sorted(missing)[:3]}"))
         if unexpected:
-            logger.warning("Ignored %d unknown weights in %s: %s", len(unexpected), path, unexpected[:5])
+            logger.warning("Ignored %d unknown weights in %s: %s", len(unexpected), path, sorted(unexpected)[:5])
         self._full_weights = True
 
     def to_bytes(self) -> bytes:
-        msg: Dict[str, Any] = {"model.json": json.dumps(self._meta())}
-        if self.has_adapter:
-            with tempfile.TemporaryDirectory() as tmp:
-                self.model.save_pretrained(tmp)
-                for name in ADAPTER_FILES:
-                    msg[name] = (Path(tmp) / name).read_bytes()
-        if self._full_weights:
-            from safetensors.torch import save
-
-            msg[WEIGHTS_FILE] = save({k: v.contiguous() for k, v in self.model.state_dict().items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            self.to_disk(Path(tmp))
+            msg: Dict[str, Any] = {"model.json": (Path(tmp) / "model.json").read_text(encoding="utf8")}
+            for name in ADAPTER_FILES:
+                if (Path(tmp) / "adapter" / name).exists():
+                    msg[name] = (Path(tmp) / "adapter" / name).read_bytes()
+            if (Path(tmp) / WEIGHTS_FILE).exists():
+                msg[WEIGHTS_FILE] = (Path(tmp) / WEIGHTS_FILE).read_bytes()
         return srsly.msgpack_dumps(msg)
 
     def from_bytes(self, data: bytes) -> "CausalLMShim":

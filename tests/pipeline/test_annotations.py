@@ -108,3 +108,13 @@ def test_empty_whitespace_and_emoji_docs(scripted_nlp):
     # Blank docs never reach the decoder.
     assert pipe._decoder.calls == [["🙂 Zürich 🙂"]]
     assert all(d.spans["padellm"] is not None for d in docs)
+
+
+def test_add_label_extends_default_labels(tiny_model_dir):
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("padellm_ner", config={"model": {"@architectures": "spacy_padellm.CausalLM.v1", "name": str(tiny_model_dir)}})
+    pipe = nlp.get_pipe("padellm_ner")
+    assert pipe.add_label("FOO") == 1 and pipe.add_label("PER") == 0
+    assert pipe.labels == ("PER", "ORG", "LOC", "MISC", "FOO")

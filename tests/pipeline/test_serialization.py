@@ -117,3 +117,15 @@ def test_from_disk_without_cfg_fails_clearly(tiny_model_dir, tmp_path):
     nlp = make_nlp(tiny_model_dir)
     with pytest.raises(ValueError, match="E2017"):
         nlp.get_pipe("padellm_ner").from_disk(tmp_path / "missing")
+
+
+def test_adapter_kept_when_saved_before_loading(memorized_model_dir, adapter_dir, tmp_path):
+    model_cfg = {"@architectures": "spacy_padellm.CausalLM.v1", "name": str(memorized_model_dir), "adapter": str(adapter_dir)}
+    nlp = spacy.blank("en")
+    nlp.add_pipe("padellm_ner", config={"model": model_cfg, "labels": ["PER", "LOC", "MISC"]})
+    nlp.to_disk(tmp_path / "p")  # never initialized
+    assert (tmp_path / "p" / "padellm_ner" / "model" / "adapter" / "adapter_model.safetensors").exists()
+    loaded = spacy.load(tmp_path / "p")
+    assert loaded.get_pipe("padellm_ner").shim.has_adapter
+    nlp.initialize()
+    assert predictions(loaded) == predictions(nlp)
