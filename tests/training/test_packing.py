@@ -1,0 +1,78 @@
+"""Packed branches give the loss of separately encoded examples."""
+import pytest
+import spacy
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
+from spacy_padellm.training import loss_and_gradient, make_item, pack, separate
+
+from ..conftest import MEMORIZED
+
+LABELS = ["LOC", "MISC", "PER", "ORG"]
+
+
+def gold_docs():
+    nlp = spacy.blank("en")
+    docs = []
+    for text, gold in MEMORIZED:
+        doc = nlp.make_doc(text)
+        spans = []
+        for label, mentions in gold.items():
+            pos = 0
+            for mention in mentions:
+                start = text.index(mention, pos)
+                spans.append(doc.char_span(start, start + len(mention), label=label))
+                pos = start + 1
+        doc.spans["padellm"] = spans
+        docs.append(doc)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_branches_follow_the_reformulation(lm):
+    _, tokenizer = lm
+    prompts = PromptTokenizer(tokenizer, PromptTemplate())
+    item = make_item(gold_docs()[1], prompts, LABELS, "padellm", max_count=16)
+    decoded = [tokenizer.decode(b.ids) for b in item.branches]
+    # LOC: three mentions (China, China, Beijing) in textual order; others count 0.
+    assert decoded == [
+        "LOC\n<num>3\n<mention 1>China\n",
+        "LOC\n<num>3\n<mention 2>China\n",
+        "LOC\n<num>3\n<mention 3>Beijing\n",
+        "MISC\n<num>0\n",
+        "PER\n<num>0\n",
+        "ORG\n<num>0\n",
+    ]
+    targets = ["".join(tokenizer.decode([i]) for i, t in zip(b.ids, b.is_target) if t) for b in item.branches]
+    assert targets[0] == "3\nChina\n" and targets[3] == "0\n"
+
+
+def test_packed_loss_equals_separate_loss(lm):
+    model, tokenizer = lm
+    prompts = PromptTokenizer(tokenizer, PromptTemplate())
+    items = [make_item(doc, prompts, LABELS, "padellm", 16) for doc in gold_docs()]
+    packed = pack(items, tokenizer.pad_token_id)
+    naive = separate(items, tokenizer.pad_token_id)
+    assert packed.n_tokens < naive.n_tokens
+    results = []
+    for batch in (packed, naive):
+        model.zero_grad()
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+        loss, d_logits = loss_and_gradient(logits, batch.targets)
+        logits.backward(d_logits)
+        results.append((loss, model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    assert (packed.targets != -100).sum() == (naive.targets != -100).sum()
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6, rtol=1e-4)
+
+
+def test_max_count_limits_trained_mentions(lm):
+    _, tokenizer = lm
+    prompts = PromptTokenizer(tokenizer, PromptTemplate())
+    item = make_item(gold_docs()[1], prompts, ["LOC"], "padellm", max_count=2)
+    assert [tokenizer.decode(b.ids) for b in item.branches] == ["LOC\n<num>2\n<mention 1>China\n", "LOC\n<num>2\n<mention 2>China\n"]

@@ -1,0 +1,157 @@
+"""Training through spaCy: update with spaCy's optimizer, and `spacy train`."""
+import json
+from pathlib import Path
+
+import pytest
+import spacy
+import torch
+from spacy.training import Example
+from thinc.api import Adam
+
+from ..conftest import MEMORIZED, make_nlp
+
+ROOT = Path(__file__).parents[2]
+
+
+def examples_for(nlp):
+    examples = []
+    for text, gold in MEMORIZED:
+        doc = nlp.make_doc(text)
+        ref = doc.copy()
+        spans = []
+        for label, mentions in gold.items():
+            pos = 0
+            for mention in mentions:
+                start = text.index(mention, pos)
+                spans.append(ref.char_span(start, start + len(mention), label=label))
+                pos = start + 1
+        ref.spans["padellm"] = spans
+        ref.ents = spacy.util.filter_spans(spans)
+        examples.append(Example(doc, ref))
+    return examples
+
+
+def train(nlp, examples, steps, lr):
+    optimizer = Adam(lr, use_averages=False)
+    history = []
+    for _ in range(steps):
+        history.append(nlp.update(examples, sgd=optimizer)["padellm_ner"])
+    return history
+
+
+def test_full_fine_tuning_lowers_loss_and_moves_predictions_to_gold(tiny_model_dir):
+    nlp = make_nlp(tiny_model_dir, labels=None)
+    nlp.get_pipe("padellm_ner").shim.fine_tuning.mode = "full"
+    examples = examples_for(nlp)
+    nlp.initialize(lambda: examples)
+    before = nlp.evaluate(examples)["spans_padellm_f"]
+    history = train(nlp, examples, 60, 0.01)
+    after = nlp.evaluate(examples)["spans_padellm_f"]
+    assert history[-1] < history[0] / 3
+    assert after > before and after >= 0.5
+
+
+def test_lora_trains_only_the_adapter_and_saves_only_it(tiny_model_dir, tmp_path):
+    nlp = make_nlp(tiny_model_dir, labels=["LOC", "MISC", "PER"])
+    examples = examples_for(nlp)
+    nlp.initialize(lambda: examples)
+    pipe = nlp.get_pipe("padellm_ner")
+    base_before = {k: v.clone() for k, v in pipe.shim.model.state_dict().items()}
+    history = train(nlp, examples, 15, 0.01)
+    assert pipe.shim.has_adapter
+    assert history[-1] < history[0]
+    state = pipe.shim.model.state_dict()
+    changed = [k for k in state if "lora_" in k and k not in base_before]
+    assert changed, "the adapter was created"
+    frozen = [k for k, v in base_before.items() if "lora_" not in k]
+    base_keys = {k.replace("base_model.model.", "").replace(".base_layer", ""): k for k in state}
+    assert all((state[base_keys[k]] == base_before[k]).all() for k in frozen if k in base_keys)
+    predictions = [[(s.start, s.end, s.label_) for s in d.spans["padellm"]] for d in nlp.pipe([t for t, _ in MEMORIZED])]
+    nlp.to_disk(tmp_path / "p")
+    saved = tmp_path / "p" / "padellm_ner" / "model"
+    assert (saved / "adapter" / "adapter_model.safetensors").exists()
+    assert not (saved / "weights.safetensors").exists()
+    loaded = spacy.load(tmp_path / "p")
+    assert [[(s.start, s.end, s.label_) for s in d.spans["padellm"]] for d in loaded.pipe([t for t, _ in MEMORIZED])] == predictions
+
+
+def test_update_skips_empty_docs(tiny_model_dir):
+    nlp = make_nlp(tiny_model_dir)
+    nlp.initialize()
+    doc = nlp.make_doc("   ")
+    assert nlp.update([Example(doc, doc.copy())])["padellm_ner"] == 0.0
+
+
+def write_jsonl(path: Path) -> Path:
+    with path.open("w", encoding="utf8") as f:
+        for text, gold in MEMORIZED:
+            words = text.split(" ")
+            row = [text]
+            for label, mentions in gold.items():
+                pos = 0
+                for mention in mentions:
+                    n = len(mention.split(" "))
+                    start = next(i for i in range(pos, len(words)) if " ".join(words[i : i + n]) == mention)
+                    row.append([start, start + n - 1, mention, label])
+                    pos = start + 1
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_spacy_train_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
+    from spacy.cli.evaluate import evaluate
+    from spacy.cli.train import train as spacy_train
+
+    data = write_jsonl(tmp_path / "train.jsonl")
+    overrides = {
+        "paths.train": str(data),
+        "paths.dev": str(data),
+        "components.padellm_ner.model.name": str(tiny_model_dir),
+        "components.padellm_ner.model.package": None,
+        "components.padellm_ner.model.gguf_file": None,
+        "components.padellm_ner.model.fine_tuning": "full",
+        "training.max_steps": 30,
+        "training.eval_frequency": 15,
+        "training.optimizer.learn_rate": 0.01,
+        "training.batcher.size": 3,
+    }
+    spacy_train(ROOT / "configs" / "smollm2_lora_cpu.cfg", tmp_path / "out", overrides=overrides)
+    best = tmp_path / "out" / "model-best"
+    assert (best / "padellm_ner" / "model" / "weights.safetensors").exists()
+    nlp = spacy.load(best)
+    assert nlp.get_pipe("padellm_ner").labels == ("LOC", "MISC", "PER")
+    from spacy.tokens import DocBin
+
+    reader = spacy.registry.readers.get("spacy_padellm.JsonlCorpus.v1")(data)
+    DocBin(docs=[eg.reference for eg in reader(nlp)], store_user_data=True).to_disk(tmp_path / "dev.spacy")
+    scores = evaluate(best, tmp_path / "dev.spacy")
+    assert "ents_f" in scores and "spans_padellm_f" in scores
+
+
+def test_full_fine_tuning_saves_tied_embeddings(tmp_path):
+    from ..conftest import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tied", tie=True)
+    nlp = make_nlp(model_dir, labels=["LOC", "MISC", "PER"])
+    nlp.get_pipe("padellm_ner").shim.fine_tuning.mode = "full"
+    examples = examples_for(nlp)
+    nlp.initialize(lambda: examples)
+    train(nlp, examples, 3, 0.01)
+    before = [[(s.start, s.end, s.label_) for s in d.spans["padellm"]] for d in nlp.pipe([t for t, _ in MEMORIZED])]
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p")
+    pipe = loaded.get_pipe("padellm_ner")
+    after = [[(s.start, s.end, s.label_) for s in d.spans["padellm"]] for d in loaded.pipe([t for t, _ in MEMORIZED])]
+    assert after == before
+    original = nlp.get_pipe("padellm_ner").shim.model.state_dict()
+    assert all(torch.equal(v, original[k]) for k, v in pipe.shim.model.state_dict().items())
+
+
+def test_full_fine_tuning_rejects_bfloat16(tiny_model_dir):
+    nlp = make_nlp(tiny_model_dir)
+    nlp.get_pipe("padellm_ner").model.shims[0].dtype = "bfloat16"
+    nlp.get_pipe("padellm_ner").shim.fine_tuning.mode = "full"
+    examples = examples_for(nlp)
+    nlp.initialize(lambda: examples)
+    with pytest.raises(ValueError, match="E2022"):
+        nlp.update(examples)
