@@ -180,3 +180,25 @@ def scripted_nlp(tiny_model_dir):
     pipe = nlp.get_pipe("padellm_ner")
     pipe._decoder = ScriptedDecoding({})
     return nlp
+
+
+def memorized_gold_docs(nlp=None):
+    """The MEMORIZED texts as docs with their gold spans in the span group
+    and the flat selection in `doc.ents`."""
+    import spacy
+
+    nlp = nlp or spacy.blank("en")
+    docs = []
+    for text, gold in MEMORIZED:
+        doc = nlp.make_doc(text)
+        spans = []
+        for label, mentions in gold.items():
+            pos = 0
+            for mention in mentions:
+                start = text.index(mention, pos)
+                spans.append(doc.char_span(start, start + len(mention), label=label))
+                pos = start + 1
+        doc.spans["padellm"] = spans
+        doc.ents = spacy.util.filter_spans(spans)
+        docs.append(doc)
+    return docs

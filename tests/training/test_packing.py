@@ -1,32 +1,18 @@
 """Packed branches give the loss of separately encoded examples."""
 import pytest
-import spacy
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
 from spacy_padellm.training import loss_and_gradient, make_item, pack, separate
 
-from ..conftest import MEMORIZED
+from ..conftest import MEMORIZED, memorized_gold_docs
 
 LABELS = ["LOC", "MISC", "PER", "ORG"]
 
 
 def gold_docs():
-    nlp = spacy.blank("en")
-    docs = []
-    for text, gold in MEMORIZED:
-        doc = nlp.make_doc(text)
-        spans = []
-        for label, mentions in gold.items():
-            pos = 0
-            for mention in mentions:
-                start = text.index(mention, pos)
-                spans.append(doc.char_span(start, start + len(mention), label=label))
-                pos = start + 1
-        doc.spans["padellm"] = spans
-        docs.append(doc)
-    return docs
+    return memorized_gold_docs()
 
 
 @pytest.fixture(scope="module")

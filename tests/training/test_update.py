@@ -8,27 +8,13 @@ import torch
 from spacy.training import Example
 from thinc.api import Adam
 
-from ..conftest import MEMORIZED, make_nlp
+from ..conftest import MEMORIZED, make_nlp, memorized_gold_docs
 
 ROOT = Path(__file__).parents[2]
 
 
 def examples_for(nlp):
-    examples = []
-    for text, gold in MEMORIZED:
-        doc = nlp.make_doc(text)
-        ref = doc.copy()
-        spans = []
-        for label, mentions in gold.items():
-            pos = 0
-            for mention in mentions:
-                start = text.index(mention, pos)
-                spans.append(ref.char_span(start, start + len(mention), label=label))
-                pos = start + 1
-        ref.spans["padellm"] = spans
-        ref.ents = spacy.util.filter_spans(spans)
-        examples.append(Example(doc, ref))
-    return examples
+    return [Example(nlp.make_doc(ref.text), ref) for ref in memorized_gold_docs(nlp)]
 
 
 def train(nlp, examples, steps, lr):
