@@ -458,16 +458,12 @@ class PaDeLLMNER(TrainablePipe):
         return loss_and_gradient(logits, targets)
 
     def _drop_overlong(self, items: List[Any]) -> List[Any]:
-        """Texts whose packed row exceeds the context are not trained on."""
+        """Texts whose prefix plus longest branch exceeds the context are not
+        trained on (the packed row itself may be longer)."""
         context = self.context_length()
         if context is None:
             return items
-        # Branches share the prefix's positions: the longest position is
-        # the prefix plus the longest branch, not the packed row.
-        kept = [
-            item for item in items
-            if len(item.prefix) + max((len(b.ids) for b in item.branches), default=0) <= context
-        ]
+        kept = [item for item in items if item.max_position <= context]
         if len(kept) < len(items):
             logger.warning("%s: skipped %d training texts longer than the context (%d tokens)",
                            self.name, len(items) - len(kept), context)

@@ -39,6 +39,12 @@ class TrainingItem:
     def packed_length(self) -> int:
         return len(self.prefix) + sum(len(b.ids) for b in self.branches)
 
+    @property
+    def max_position(self) -> int:
+        """Positions the model must support: branches share the prefix's
+        positions, so this is the prefix plus the longest branch."""
+        return len(self.prefix) + max((len(b.ids) for b in self.branches), default=0)
+
 
 @dataclass
 class Batch:
