@@ -1,9 +1,17 @@
 """Packed vs separately encoded training examples: tokens and time per epoch.
 
 Tokens per epoch are counted exactly over the whole corpus (tokenization
-only). Wall time is measured on `--batches` batches of `--batch-size` texts,
-alternating the two layouts on the same batches (forward + backward through
-the LoRA model), and extrapolated to the epoch. Writes JSON and Markdown.
+only, no padding). Wall time is measured on `--batches` batches of
+`--batch-size` texts, alternating the layouts on the same batches (forward +
+backward through the LoRA model), and extrapolated to the epoch. Layouts:
+
+- packed: what `PaDeLLMNER.update` does; texts share rows (up to
+  `training.ROW_TOKENS`), logits only at target columns;
+- packed, one text per row: each text with its branches in a row of its own,
+  logits everywhere (the first implementation);
+- separate: the paper's layout, the text repeated for every branch.
+
+Writes JSON and Markdown.
 
     python benchmarks/packing.py ../shared/data/conll03/train.jsonl --batches 6
 """
@@ -49,18 +57,29 @@ def main() -> None:
 
     model = pipe.shim.model
     model.train()
-    times = {"packed": [], "separate": []}
+    layouts = {
+        "packed": (lambda its: pack(its, pad), True),
+        "packed, one text per row": (lambda its: pack(its, pad, row_tokens=1), False),
+        "separate": (lambda its: separate(its, pad), False),
+    }
+    times = {name: [] for name in layouts}
+    padded = {name: [] for name in layouts}
     for b in range(args.batches):
         batch_items = items[b * args.batch_size : (b + 1) * args.batch_size]
-        for name, build in (("packed", pack), ("separate", separate)):
-            batch = build(batch_items, pad)
+        for name, (build, keep_only_targets) in layouts.items():
+            batch = build(batch_items)
             start = time.perf_counter()
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
-            _, d_logits = loss_and_gradient(logits, batch.targets)
+            keep = {"logits_to_keep": batch.keep} if keep_only_targets else {}
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, **keep).logits
+            targets = batch.targets
+            if not keep_only_targets:  # all logits: compare them at the kept columns
+                logits = logits[:, batch.keep]
+            _, d_logits = loss_and_gradient(logits, targets)
             logits.backward(d_logits)
             model.zero_grad()
             times[name].append(time.perf_counter() - start)
-        print(f"batch {b + 1}/{args.batches}: packed {times['packed'][-1]:.2f}s separate {times['separate'][-1]:.2f}s", flush=True)
+            padded[name].append(batch.n_tokens)
+        print(f"batch {b + 1}/{args.batches}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
     n_batches = len(items) / args.batch_size
     result = {
         "date": date.today().isoformat(),
@@ -68,12 +87,16 @@ def main() -> None:
         "command": f"python benchmarks/packing.py {args.path} --batches {args.batches} --batch-size {args.batch_size}",
         "texts": len(items),
         "branches": branches,
-        "tokens_per_epoch": {"packed": tokens_packed, "separate": tokens_separate},
+        "tokens_per_epoch": {"packed": tokens_packed, "packed, one text per row": tokens_packed, "separate": tokens_separate},
+        "median_tokens_per_batch_with_padding": {k: statistics.median(v) for k, v in padded.items()},
         "token_ratio": tokens_separate / tokens_packed,
         "median_seconds_per_batch": {k: statistics.median(v) for k, v in times.items()},
         "estimated_hours_per_epoch": {k: statistics.median(v) * n_batches / 3600 for k, v in times.items()},
     }
     result["time_ratio"] = result["median_seconds_per_batch"]["separate"] / result["median_seconds_per_batch"]["packed"]
+    result["time_ratio_vs_one_text_per_row"] = (
+        result["median_seconds_per_batch"]["packed, one text per row"] / result["median_seconds_per_batch"]["packed"]
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     md = [
@@ -81,12 +104,14 @@ def main() -> None:
         "",
         f"`{result['command']}`: SmolLM2-135M + LoRA, forward + backward, median of {args.batches} batches of {args.batch_size} texts.",
         "",
-        "| layout | tokens per epoch | s per batch | est. h per epoch |",
-        "| --- | --- | --- | --- |",
+        "| layout | tokens per epoch (no padding) | tokens per batch with padding | s per batch | est. h per epoch |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for k in ("packed", "separate"):
-        md.append(f"| {k} | {result['tokens_per_epoch'][k]:,} | {result['median_seconds_per_batch'][k]:.2f} | {result['estimated_hours_per_epoch'][k]:.2f} |")
-    md += ["", f"{result['texts']:,} texts, {branches:,} branches. Separate/packed: {result['token_ratio']:.2f}x tokens, {result['time_ratio']:.2f}x time."]
+    for k in layouts:
+        md.append(f"| {k} | {result['tokens_per_epoch'][k]:,} | {result['median_tokens_per_batch_with_padding'][k]:,.0f} | "
+                  f"{result['median_seconds_per_batch'][k]:.2f} | {result['estimated_hours_per_epoch'][k]:.2f} |")
+    md += ["", f"{result['texts']:,} texts, {branches:,} branches. Separate/packed: {result['token_ratio']:.2f}x tokens, {result['time_ratio']:.2f}x time; "
+           f"one text per row/packed: {result['time_ratio_vs_one_text_per_row']:.2f}x time."]
     args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -3,18 +3,19 @@
 Step 1 decodes the mention count of every (text, label) branch; step 2 the
 n-th mention of every (text, label, n) branch. Both steps run all branches
 of all texts together through one `BranchDecoder`, behind prefixes encoded
-once. A future strategy (the autoregressive baseline) plugs into the same
+once. The autoregressive baseline (`autoregressive.py`) uses the same
 engine with one branch per text.
 """
 import re
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .engine import BranchDecoder, Generation
+from .engine import BranchDecoder, Generation, PrefixCache
 from .prompt import PromptTokenizer
 from .types import Mention, TextPrediction
 
 _COUNT = re.compile(r"^\s*(\d{1,6})\s*$")
+MentionKey = Tuple[int, str, int, int]  # text, label, count, n
 
 
 def stop_token_ids(tokenizer: Any) -> List[int]:
@@ -74,6 +75,9 @@ class ParallelDecoding:
         self.max_count = max_count
         self.max_count_tokens = max_count_tokens
         self.max_mention_tokens = max_mention_tokens
+        # Both exact; off only for the benchmark's ablation.
+        self.fused_prefill = True  # prefill and the count branches' first token in one forward call
+        self.speculative_counts = True  # mentions decoded while the counts finish
 
     @property
     def tokenizer(self) -> Any:
@@ -86,17 +90,20 @@ class ParallelDecoding:
         if not texts:
             return []
         preds = [TextPrediction(fallbacks=Counter()) for _ in texts]
-        prefixes = self.engine.encode_prefixes([self.prefix_ids(t) for t in texts])
-
         branches = [(i, label) for i in range(len(texts)) for label in self.labels]
-        count_gens = self.engine.decode(
-            prefixes,
-            [i for i, _ in branches],
-            [self.prompts.count_branch(label) for _, label in branches],
-            self.max_count_tokens,
+        speculate = self.speculative_counts and self.max_count_tokens >= 2
+        prefixes, count_gens = start_branches(
+            self.engine,
+            [self.prefix_ids(t) for t in texts],
+            [self.prompts.count_branch(label) for label in self.labels],
+            1 if speculate else self.max_count_tokens,
+            fused=self.fused_prefill,
         )
-        self._add_stats(preds, [i for i, _ in branches], count_gens)
-        mention_branches: List[Tuple[int, str, int, int]] = []
+        done: Dict[MentionKey, Generation] = {}
+        if speculate:
+            count_gens, done = self._finish_counts_with_mentions(prefixes, branches, count_gens)
+        add_stats(preds, [i for i, _ in branches], count_gens)
+        mention_branches: List[MentionKey] = []
         for (i, label), gen in zip(branches, count_gens):
             if not gen.stopped:
                 preds[i].fallbacks["truncated_generations"] += 1
@@ -106,13 +113,16 @@ class ParallelDecoding:
             preds[i].counts[label] = count
             mention_branches.extend((i, label, count, n) for n in range(1, count + 1))
 
-        mention_gens = self.engine.decode(
+        todo = [key for key in mention_branches if key not in done]
+        gens = self.engine.decode(
             prefixes,
-            [i for i, _, _, _ in mention_branches],
-            [self.prompts.mention_branch(label, c, n) for _, label, c, n in mention_branches],
+            [i for i, _, _, _ in todo],
+            [self.prompts.mention_branch(label, c, n) for _, label, c, n in todo],
             self.max_mention_tokens,
         )
-        self._add_stats(preds, [b[0] for b in mention_branches], mention_gens)
+        done.update(zip(todo, gens))
+        mention_gens = [done[key] for key in mention_branches]
+        add_stats(preds, [b[0] for b in mention_branches], mention_gens)
         for (i, label, _, n), gen in zip(mention_branches, mention_gens):
             if not gen.stopped:
                 preds[i].fallbacks["truncated_generations"] += 1
@@ -121,15 +131,70 @@ class ParallelDecoding:
             preds[i].mentions.append(Mention(label, n, text, gen.probability))
         return preds
 
-    @staticmethod
-    def _add_stats(
-        preds: List[TextPrediction], text_index: Sequence[int], gens: Sequence[Generation]
-    ) -> None:
-        """Generated tokens, and sequential decoding steps (the longest branch
-        of a text in each step), which the benchmarks report."""
-        longest: Dict[int, int] = {}
-        for i, gen in zip(text_index, gens):
-            preds[i].generated_tokens += len(gen.token_ids)
-            longest[i] = max(longest.get(i, 0), len(gen.token_ids))
-        for i, steps in longest.items():
-            preds[i].decoding_steps += steps
+    def _finish_counts_with_mentions(
+        self, prefixes: PrefixCache, branches: Sequence[Tuple[int, str]], firsts: Sequence[Generation]
+    ) -> Tuple[List[Generation], Dict[MentionKey, Generation]]:
+        """Finish the count branches and, in the same forward calls, decode
+        the mentions of the count each branch's first token spells ("3"
+        speculates count 3). A branch whose finished count differs ("3" then
+        "1": 31) keeps its count; its speculated mentions are not used and the
+        caller decodes the right ones. The result equals the two sequential
+        steps exactly and saves the forward call that reads the count's
+        closing newline."""
+        finished = list(firsts)
+        speculated: Dict[int, int] = {}
+        rows: List[Tuple[int, int]] = []  # (branch, n); n = 0 continues the count
+        text_index, suffixes, limits = [], [], []
+        for k, ((i, label), first) in enumerate(zip(branches, firsts)):
+            if first.stopped:
+                continue
+            rows.append((k, 0))
+            text_index.append(i)
+            suffixes.append(self.prompts.count_branch(label) + first.token_ids)
+            limits.append(self.max_count_tokens - len(first.token_ids))
+            guess = self.tokenizer.decode(first.token_ids, skip_special_tokens=True)
+            if not guess.isdigit():
+                continue
+            speculated[k], _ = parse_count(guess, self.max_count)
+            for n in range(1, speculated[k] + 1):
+                rows.append((k, n))
+                text_index.append(i)
+                suffixes.append(self.prompts.mention_branch(label, speculated[k], n))
+                limits.append(self.max_mention_tokens)
+        done: Dict[MentionKey, Generation] = {}
+        for (k, n), gen in zip(rows, self.engine.decode(prefixes, text_index, suffixes, limits)):
+            i, label = branches[k]
+            if n == 0:
+                first = firsts[k]
+                finished[k] = Generation(first.token_ids + gen.token_ids, first.logprobs + gen.logprobs, gen.stopped)
+            else:
+                done[(i, label, speculated[k], n)] = gen
+        return finished, done
+
+
+def start_branches(
+    engine: BranchDecoder,
+    prefixes: Sequence[Sequence[int]],
+    suffixes: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    fused: bool = True,
+) -> Tuple[PrefixCache, List[Generation]]:
+    """Encode the prefixes and decode the first step's branches (the same
+    suffixes behind every text), text-major. Fused, the prefill and the
+    branches' first token are one forward call; unfused, two."""
+    if fused:
+        return engine.encode_with_branches(prefixes, suffixes, max_new_tokens)
+    cache = engine.encode_prefixes(prefixes)
+    text_index = [i for i in range(len(prefixes)) for _ in suffixes]
+    return cache, engine.decode(cache, text_index, [s for _ in prefixes for s in suffixes], max_new_tokens)
+
+
+def add_stats(preds: List[TextPrediction], text_index: Sequence[int], gens: Sequence[Generation]) -> None:
+    """Generated tokens, and sequential decoding steps (the longest branch
+    of a text in each step), which the benchmarks report."""
+    longest: Dict[int, int] = {}
+    for i, gen in zip(text_index, gens):
+        preds[i].generated_tokens += len(gen.token_ids)
+        longest[i] = max(longest.get(i, 0), len(gen.token_ids))
+    for i, steps in longest.items():
+        preds[i].decoding_steps += steps

@@ -18,7 +18,7 @@ the unpadded sequence would: the equivalence test compares against
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Collection, List, Sequence
+from typing import Any, Collection, List, Sequence, Tuple, Union
 
 import torch
 
@@ -101,15 +101,90 @@ class BranchDecoder:
         return PrefixCache(cache=output_cache(out), mask=mask, lengths=lengths)
 
     @torch.inference_mode()
+    def encode_with_branches(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        suffixes: Sequence[Sequence[int]],
+        max_new_tokens: int,
+    ) -> Tuple[PrefixCache, List[Generation]]:
+        """Prefill and the first step of decoding in one forward call: every
+        text's prefix, then `suffixes` (the same for every text, e.g. one label
+        branch each) behind it, with a 4D mask under which each suffix sees its
+        text's prefix and itself only, as in packed training. Saves one
+        sequential forward call per batch, which is most of a step's cost on
+        CPU at small batches.
+
+        RETURNS: the prefix cache for later `decode` calls (it sees the prefix
+        only), and one generation per (text, suffix), text-major.
+        """
+        if any(len(p) == 0 for p in prefixes) or any(len(s) == 0 for s in suffixes):
+            raise ValueError("Every prefix and every branch suffix needs at least one token.")
+        device = self.device
+        dtype = next(self.model.parameters()).dtype
+        self.model.eval()
+        n, width = len(prefixes), max(len(p) for p in prefixes)
+        total = width + sum(len(s) for s in suffixes)
+        ids = torch.full((n, total), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((n, total), dtype=torch.long)
+        allowed = torch.zeros((n, total, total), dtype=torch.bool)
+        prefix_mask = torch.zeros((n, total), dtype=torch.long)
+        allowed[:, :, 0] = True  # padding queries see something: no empty softmax
+        branch_masks, ends, lengths = [], [], []
+        for row, prefix in enumerate(prefixes):
+            p = len(prefix)
+            ids[row, :p] = torch.tensor(list(prefix), dtype=torch.long)
+            positions[row, :p] = torch.arange(p)
+            allowed[row, :p, :p] = torch.ones((p, p), dtype=torch.bool).tril()
+            prefix_mask[row, :p] = 1
+            start = width
+            for suffix in suffixes:
+                end = start + len(suffix)
+                ids[row, start:end] = torch.tensor(list(suffix), dtype=torch.long)
+                positions[row, start:end] = torch.arange(p, p + len(suffix))
+                allowed[row, start:end, :p] = True
+                allowed[row, start:end, start:end] = torch.ones((end - start, end - start), dtype=torch.bool).tril()
+                own = prefix_mask[row].clone()
+                own[start:end] = 1
+                branch_masks.append(own)
+                ends.append(end - 1)
+                lengths.append(p + len(suffix))
+                start = end
+        mask = torch.zeros((n, 1, total, total), dtype=dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        keep = torch.tensor(sorted(set(ends)), dtype=torch.long)
+        out = self.model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+            logits_to_keep=keep.to(device),
+        )
+        cache = output_cache(out)
+        prefix_cache = PrefixCache(cache=cache, mask=prefix_mask.to(device), lengths=prefix_mask.sum(dim=1).to(device))
+        rows = torch.arange(n).repeat_interleave(len(suffixes))
+        column = {int(c): i for i, c in enumerate(keep)}
+        logits = out.logits[rows.to(device), torch.tensor([column[e] for e in ends], device=device)]
+        generations = self._greedy(
+            logits,
+            _select_rows(cache, rows.to(device)),
+            torch.stack(branch_masks).to(device),
+            torch.tensor(lengths, dtype=torch.long, device=device),
+            max_new_tokens,
+        )
+        return prefix_cache, generations
+
+    @torch.inference_mode()
     def decode(
         self,
         prefixes: PrefixCache,
         text_index: Sequence[int],
         suffixes: Sequence[Sequence[int]],
-        max_new_tokens: int,
+        max_new_tokens: Union[int, Sequence[int]],
     ) -> List[Generation]:
         """Greedy-decode one branch per suffix, behind prefix `text_index[i]`.
 
+        max_new_tokens: one bound for all branches, or one per branch (branches
+            of different kinds can then share the forward calls).
         RETURNS (List[Generation]): one per suffix, in order.
         """
         n = len(suffixes)
@@ -139,15 +214,32 @@ class BranchDecoder:
             logits_to_keep=1,
             **{self._cache_arg: cache},
         )
-        logits = out.logits[:, -1, :]
-        cache = output_cache(out)
+        return self._greedy(out.logits[:, -1, :], output_cache(out), mask, lengths, max_new_tokens)
 
+    def _greedy(
+        self,
+        logits: torch.Tensor,
+        cache: Any,
+        mask: torch.Tensor,
+        lengths: torch.Tensor,
+        max_new_tokens: Union[int, Sequence[int]],
+    ) -> List[Generation]:
+        """Greedy steps for rows whose first next-token logits are known; a row
+        leaves the batch (and its cache rows are dropped) once it stops or
+        reaches its bound."""
+        device = logits.device
+        n = logits.shape[0]
+        if isinstance(max_new_tokens, int):
+            max_new_tokens = [max_new_tokens] * n
+        limits = torch.tensor(list(max_new_tokens), dtype=torch.long, device=device)
+        if len(limits) != n or bool((limits < 1).any()):
+            raise ValueError("max_new_tokens needs one positive bound per branch.")
         stop = torch.tensor(self.stop_ids, dtype=torch.long, device=device)
         tokens: List[List[int]] = [[] for _ in range(n)]
         logprobs: List[List[float]] = [[] for _ in range(n)]
         stopped = [False] * n
         active = torch.arange(n, device=device)  # original index of each row
-        for step in range(max_new_tokens):
+        for step in range(int(limits.max())):
             log_p = torch.log_softmax(logits.float(), dim=-1)
             next_ids = log_p.argmax(dim=-1)
             next_lp = log_p.gather(1, next_ids[:, None])[:, 0]
@@ -158,14 +250,13 @@ class BranchDecoder:
                 tokens[index].append(token)
                 logprobs[index].append(lp)
                 stopped[index] = done
-            if step == max_new_tokens - 1:
-                break
-            keep = ~is_stop
+            keep = ~is_stop & (limits > step + 1)
             if not bool(keep.any()):
                 break
             if not bool(keep.all()):
                 kept = keep.nonzero()[:, 0]
                 active, next_ids, mask, lengths = active[kept], next_ids[kept], mask[kept], lengths[kept]
+                limits = limits[kept]
                 cache.batch_select_indices(kept)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = self.model(

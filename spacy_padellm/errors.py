@@ -51,7 +51,11 @@ class Errors(metaclass=ErrorsWithCodes):
              "`fine_tuning = \"lora\"`, whose adapter stays in float32.")
     E2020 = ("The model's context window ({limit} tokens) is too short for the "
             "prompt around the text plus the generation bounds ({needed} tokens). "
-            "Lower `max_mention_tokens`/`max_count_tokens` or use a model with a longer context.")
+            "Lower `max_mention_tokens`/`max_count_tokens` (and `max_count`, which bounds the "
+            "autoregressive line too) or use a model with a longer context.")
+    E2023 = ("The prompt template '{name}' has no `structured_header` macro, which "
+            "decoding = \"autoregressive\" needs. Add one (see templates/ner.v1.jinja) "
+            "or use decoding = \"parallel\".")
     E2030 = ("Unknown end convention {end!r} for '{path}'. Pass end='inclusive' "
             "if tokens[start:end+1] is the mention (conll03, weibo, resume) or "
             "end='exclusive' if tokens[start:end] is (genia).")

@@ -1,7 +1,6 @@
 """The `padellm_ner` component."""
 import logging
 from collections import Counter
-from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -17,7 +16,7 @@ from thinc.api import ArgsKwargs, Config, Model, Optimizer
 
 from .alignment import align_mentions
 from .errors import Errors, Warnings
-from .types import ALIGNMENT_MODES, DECODING_MODES, FALLBACKS, DocPrediction, new_counter
+from .types import ALIGNMENT_MODES, DECODING_MODES, DocPrediction, new_counter
 from .windows import split_windows
 
 logger = logging.getLogger("spacy_padellm")
@@ -199,6 +198,10 @@ class PaDeLLMNER(TrainablePipe):
             "annotate_ents": annotate_ents,
             "overwrite_ents": overwrite_ents,
         }
+        if decoding != "parallel":
+            from .models.architectures import use_default_adapter
+
+            use_default_adapter(model, decoding)
         self.fallback_counts: Counter = new_counter()
         self._warned: set = set()
         self._decoder: Any = None
@@ -249,7 +252,14 @@ class PaDeLLMNER(TrainablePipe):
         if self._decoder is None:
             self._decoder = self._build_decoder()
 
+    @property
+    def max_structured_tokens(self) -> int:
+        """The autoregressive baseline's token bound for its one line: room
+        for `max_count` mentions of `max_mention_tokens` tokens."""
+        return self.cfg["max_count"] * self.cfg["max_mention_tokens"]
+
     def _build_decoder(self) -> Any:
+        from .autoregressive import AutoregressiveDecoding
         from .decoding import ParallelDecoding, stop_token_ids
         from .engine import BranchDecoder
         from .prompt import PromptTemplate, PromptTokenizer
@@ -259,6 +269,8 @@ class PaDeLLMNER(TrainablePipe):
         engine = BranchDecoder(self.shim.model, stop_token_ids(tokenizer), pad_id)
         prompts = PromptTokenizer(tokenizer, PromptTemplate(self.cfg["template"]), self.cfg["label_definitions"])
         self._text_budget = self._compute_text_budget(prompts)
+        if self.cfg["decoding"] == "autoregressive":
+            return AutoregressiveDecoding(engine, prompts, self.labels, max_new_tokens=self.max_structured_tokens)
         return ParallelDecoding(
             engine,
             prompts,
@@ -283,11 +295,13 @@ class PaDeLLMNER(TrainablePipe):
         configured = self.cfg["max_text_tokens"]
         if context is None:
             return configured
-        overhead = (
-            len(prompts.prefix(""))
-            + prompts.max_branch_length(self.labels, self.cfg["max_count"])
-            + max(self.cfg["max_count_tokens"], self.cfg["max_mention_tokens"])
-        )
+        if self.cfg["decoding"] == "autoregressive":
+            branch = len(prompts.structured_branch()) + self.max_structured_tokens
+        else:
+            branch = prompts.max_branch_length(self.labels, self.cfg["max_count"]) + max(
+                self.cfg["max_count_tokens"], self.cfg["max_mention_tokens"]
+            )
+        overhead = len(prompts.prefix("")) + branch
         budget = context - overhead
         if budget < 1:
             raise ValueError(Errors.E2020.format(limit=context, needed=overhead))
@@ -408,7 +422,8 @@ class PaDeLLMNER(TrainablePipe):
         """One gradient step on the packed branches of a batch of examples.
 
         Each text is encoded once, its label/mention branches packed behind
-        it (see `training.py`). `drop` sets the rate of the model's dropout
+        it, several texts per row, and logits are computed only where a
+        target is (see `training.py`). `drop` sets the rate of the model's dropout
         layers (LoRA dropout included) for this step.
         """
         from .training import items_for, pack
@@ -425,7 +440,7 @@ class PaDeLLMNER(TrainablePipe):
         if self.shim.prepare_for_training():
             self._decoder = None
         prompts = self._prompts()
-        items = items_for(docs, prompts, self.labels, self.spans_key, self.cfg["max_count"])
+        items = items_for(docs, prompts, self.labels, self.spans_key, self.cfg["max_count"], self.cfg["decoding"])
         items = self._drop_overlong(items)
         if not items:
             return losses
@@ -440,6 +455,7 @@ class PaDeLLMNER(TrainablePipe):
                 "input_ids": batch.input_ids.to(device),
                 "attention_mask": batch.attention_mask.to(device),
                 "position_ids": batch.position_ids.to(device),
+                "logits_to_keep": batch.keep.to(device),
             },
         )
         logits, backprop = self.model.begin_update(inputs)

@@ -37,7 +37,9 @@ class PromptTemplate:
     The segments are, in order: ``prefix(text)`` (shared by all branches of a
     text), ``label(label, definition)``, ``count(count)``, ``mention_header(n)``
     and ``mention(mention)``. The count and mention segments end with a
-    newline, which is what decoding stops at.
+    newline, which is what decoding stops at. The autoregressive baseline
+    puts ``structured_header()`` behind the same prefix and generates every
+    pair on one line (see `autoregressive.py`).
     """
 
     def __init__(self, name: str = DEFAULT_TEMPLATE) -> None:
@@ -58,6 +60,12 @@ class PromptTemplate:
 
     def mention(self, mention: str) -> str:
         return str(self._module.mention(mention))
+
+    def structured_header(self) -> str:
+        macro = getattr(self._module, "structured_header", None)
+        if macro is None:
+            raise ValueError(Errors.E2023.format(name=self.name))
+        return str(macro())
 
 
 class PromptTokenizer:
@@ -114,6 +122,13 @@ class PromptTokenizer:
 
     def mention(self, mention: str) -> List[int]:
         return self._encode(self.template.mention(mention))
+
+    def structured_branch(self) -> List[int]:
+        """The autoregressive baseline's one branch per text."""
+        return self._cached(("structured",), self.template.structured_header())
+
+    def structured_line(self, line: str) -> List[int]:
+        return self._encode(line)
 
     def count_branch(self, label: str) -> List[int]:
         """Step-1 branch: everything after the prefix up to the count."""

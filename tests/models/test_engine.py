@@ -149,3 +149,109 @@ def test_stop_tokens_include_newlines_and_eos(lm):
 )
 def test_parse_count(text, expected):
     assert parse_count(text, 5) == expected
+
+
+def test_fused_prefill_matches_generate_and_saves_a_forward_call(lm):
+    model, tokenizer = lm
+    stop = stop_token_ids(tokenizer)
+    prompts = PromptTokenizer(tokenizer, PromptTemplate())
+    engine = BranchDecoder(model, stop, tokenizer.pad_token_id)
+    texts = [text for text, _ in MEMORIZED] + ["Short ."]
+    prefixes = [prompts.prefix(t) for t in texts]
+    suffixes = [prompts.count_branch(label) for label in LABELS] + [prompts.mention_branch("LOC", 3, 2)]
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        cache, gens = engine.encode_with_branches(prefixes, suffixes, max_new_tokens=6)
+        fused_calls = len(calls)
+        calls.clear()
+        engine.decode(engine.encode_prefixes(prefixes), [i for i in range(len(texts)) for _ in suffixes],
+                      [s for _ in texts for s in suffixes], max_new_tokens=6)
+        unfused_calls = len(calls)
+    finally:
+        handle.remove()
+    assert fused_calls == unfused_calls - 1
+    branches = [(i, s) for i in range(len(texts)) for s in suffixes]
+    for (i, suffix), gen in zip(branches, gens):
+        tokens, logprobs = naive_generate(model, prefixes[i] + suffix, 6, stop)
+        assert gen.token_ids == tokens
+        assert gen.logprobs == pytest.approx(logprobs, abs=1e-4)
+    # The returned cache serves later steps with the prefix only.
+    later = engine.decode(cache, [0, 3], [prompts.mention_branch("LOC", 1, 1)] * 2, max_new_tokens=6)
+    for i, gen in zip([0, 3], later):
+        assert gen.token_ids == naive_generate(model, prefixes[i] + prompts.mention_branch("LOC", 1, 1), 6, stop)[0]
+
+
+def test_autoregressive_decoding_matches_generate(lm):
+    from spacy_padellm.autoregressive import AutoregressiveDecoding, parse_pairs
+
+    model, tokenizer = lm
+    stop = stop_token_ids(tokenizer)
+    prompts = PromptTokenizer(tokenizer, PromptTemplate())
+    decoding = AutoregressiveDecoding(BranchDecoder(model, stop, tokenizer.pad_token_id), prompts, LABELS, max_new_tokens=12)
+    texts = [text for text, _ in MEMORIZED]
+    for text, pred in zip(texts, decoding(texts)):
+        tokens, _ = naive_generate(model, prompts.prefix(text) + prompts.structured_branch(), 12, stop)
+        assert pred.generated_tokens == pred.decoding_steps == len(tokens)
+        if tokens[-1] in stop:
+            pairs, _ = parse_pairs(tokenizer.decode(tokens, skip_special_tokens=True).split("\n")[0], LABELS)
+            assert [(m.label, m.text) for m in pred.mentions] == pairs
+
+
+class _ScriptedEngine:
+    """Stands in for BranchDecoder: first count tokens and continuations are
+    scripted per label; every mention branch generates "x\\n". Records calls."""
+
+    def __init__(self, tokenizer, first, rest):
+        self.ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.first, self.rest, self.calls = first, rest, []
+
+    def _gen(self, text):
+        from spacy_padellm.engine import Generation
+
+        ids = self.ids(text)
+        return Generation(ids, [0.0] * len(ids), text.endswith("\n"))
+
+    def encode_with_branches(self, prefixes, suffixes, max_new_tokens):
+        self.calls.append(("first", len(suffixes)))
+        return "cache", [self._gen(self.first[i % len(self.first)]) for i in range(len(prefixes) * len(suffixes))]
+
+    def decode(self, prefixes, text_index, suffixes, max_new_tokens):
+        self.calls.append(("decode", len(suffixes)))
+        limits = [max_new_tokens] * len(suffixes) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        return [self._gen(self.rest if limit < 4 else "x\n") for limit in limits]
+
+
+def test_speculated_mentions_are_redone_when_the_count_goes_on(lm):
+    """First count tokens "1" and "0"; the "1" continues with "2\\n", so the
+    count is 12: the mention decoded for count 1 is dropped and twelve
+    mentions of count 12 are decoded in a further call."""
+    _, tokenizer = lm
+    prompts = PromptTokenizer(tokenizer, PromptTemplate())
+    engine = _ScriptedEngine(tokenizer, first=["1", "0"], rest="2\n")
+    decoding = ParallelDecoding(engine, prompts, ["PER", "LOC"], max_count=16, max_count_tokens=3, max_mention_tokens=8)
+    (pred,) = decoding(["Some text ."])
+    assert pred.counts == {"PER": 12, "LOC": 2}  # "0" then "2\n" is 02 = 2 as well
+    assert engine.calls == [("first", 2), ("decode", 2 + 1), ("decode", 12 + 2)]
+    assert [m.n for m in pred.mentions] == list(range(1, 13)) + [1, 2]
+
+
+def test_speculative_counts_save_a_forward_call_and_change_nothing(lm):
+    model, tokenizer = lm
+    stop = stop_token_ids(tokenizer)
+    decoding = ParallelDecoding(BranchDecoder(model, stop, tokenizer.pad_token_id), PromptTokenizer(tokenizer, PromptTemplate()),
+                                LABELS, max_count=5, max_count_tokens=3, max_mention_tokens=8)
+    texts = [text for text, _ in MEMORIZED]
+    results, calls = {}, []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        for speculate in (True, False):
+            decoding.speculative_counts = speculate
+            calls.clear()
+            preds = decoding(texts)
+            results[speculate] = ([(p.counts, [(m.label, m.n, m.text) for m in p.mentions]) for p in preds], len(calls))
+    finally:
+        handle.remove()
+    assert results[True][0] == results[False][0]
+    assert any(mentions for _, mentions in results[True][0])
+    assert results[True][1] == results[False][1] - 1

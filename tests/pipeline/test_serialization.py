@@ -1,5 +1,4 @@
 """Round trips of the component: config, labels, adapter; base referenced."""
-from pathlib import Path
 
 import pytest
 import spacy

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
 from spacy_padellm.training import loss_and_gradient, make_item, pack, separate
 
-from ..conftest import MEMORIZED, memorized_gold_docs
+from ..conftest import memorized_gold_docs
 
 LABELS = ["LOC", "MISC", "PER", "ORG"]
 
@@ -38,17 +38,20 @@ def test_branches_follow_the_reformulation(lm):
     assert targets[0] == "3\nChina\n" and targets[3] == "0\n"
 
 
-def test_packed_loss_equals_separate_loss(lm):
+@pytest.mark.parametrize("row_tokens", [1, 1024], ids=["one-text-per-row", "texts-share-rows"])
+def test_packed_loss_equals_separate_loss(lm, row_tokens):
     model, tokenizer = lm
     prompts = PromptTokenizer(tokenizer, PromptTemplate())
     items = [make_item(doc, prompts, LABELS, "padellm", 16) for doc in gold_docs()]
-    packed = pack(items, tokenizer.pad_token_id)
+    packed = pack(items, tokenizer.pad_token_id, row_tokens=row_tokens)
     naive = separate(items, tokenizer.pad_token_id)
+    assert packed.input_ids.shape[0] == (len(items) if row_tokens == 1 else 1)
     assert packed.n_tokens < naive.n_tokens
     results = []
     for batch in (packed, naive):
         model.zero_grad()
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, logits_to_keep=batch.keep).logits
         loss, d_logits = loss_and_gradient(logits, batch.targets)
         logits.backward(d_logits)
         results.append((loss, model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
@@ -62,3 +65,13 @@ def test_max_count_limits_trained_mentions(lm):
     prompts = PromptTokenizer(tokenizer, PromptTemplate())
     item = make_item(gold_docs()[1], prompts, ["LOC"], "padellm", max_count=2)
     assert [tokenizer.decode(b.ids) for b in item.branches] == ["LOC\n<num>2\n<mention 1>China\n", "LOC\n<num>2\n<mention 2>China\n"]
+
+
+def test_rows_are_filled_longest_first():
+    from spacy_padellm.training import Branch, TrainingItem, fill_rows
+
+    items = [TrainingItem([0] * n, [Branch([1], [False])]) for n in (5, 2, 7, 3, 1)]
+    rows = fill_rows(items, row_tokens=10)  # packed lengths 6, 3, 8, 4, 2
+    assert [[len(i.prefix) for i in row] for row in rows] == [[7, 1], [5, 3], [2]]
+    # A text longer than the row budget gets a row of its own.
+    assert [len(row) for row in fill_rows(items, row_tokens=2)] == [1] * 5
