@@ -160,10 +160,14 @@ def measure_throughput(systems: List[rows.System], docs: List[Doc], cuda: bool) 
 
 
 class PhaseTimer:
-    """Where a PaDeLLM component's time goes at batch size 1: prefill, each
-    decoding step (count / mention, or the autoregressive line), and within
-    them the model's forward calls; the rest of a doc's latency is
-    tokenization, alignment, annotation and spaCy."""
+    """Where a PaDeLLM component's time goes at batch size 1, by engine call:
+    the fused prefill (text plus the first step's branches, one forward
+    call), the generation that follows inside it (the autoregressive line;
+    nothing for PaDeLLM, whose first step yields one count token there), and
+    each later `decode` call (PaDeLLM: 1 = counts finished with the
+    speculated mentions, or the count step without speculation; 2 = the
+    mention step). Within each, the time in the model's forward calls; the
+    rest of a doc's latency is tokenization, alignment, annotation, spaCy."""
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -173,29 +177,46 @@ class PhaseTimer:
     def install(self) -> Callable[[], None]:
         pipe = self.pipe
         pipe._ensure_loaded()
-        decoder, model = pipe._decoder, pipe.shim.model
-        engine = decoder.engine
-        parallel = pipe.cfg["decoding"] == "parallel"
-        calls = {"n": 0}
-        encode, decode = engine.encode_prefixes, engine.decode
+        engine, model = pipe._decoder.engine, pipe.shim.model
+        state: Dict[str, Any] = {"phase": None, "decodes": 0}
+        originals = {name: getattr(engine, name) for name in ("encode_with_branches", "encode_prefixes", "decode", "_greedy")}
 
-        def timed(name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-            before, start = self.forward, time.perf_counter()
-            result = fn(*args, **kwargs)
-            self.totals[name] += time.perf_counter() - start
-            self.totals[name + " (model forward)"] += self.forward - before
-            return result
+        def timed(name: str, fn: Callable) -> Callable:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                outer, state["phase"] = state["phase"], name
+                before, start = self.forward, time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    spent, in_model = time.perf_counter() - start, self.forward - before
+                    self.totals[name] += spent
+                    self.totals[name + " (model forward)"] += in_model
+                    if outer is not None:  # nested: count it once, in the inner phase
+                        self.totals[outer] -= spent
+                        self.totals[outer + " (model forward)"] -= in_model
+                    state["phase"] = outer
+            return wrapper
 
-        def timed_encode(*args: Any, **kwargs: Any) -> Any:
-            calls["n"] = 0  # a new batch of texts
-            return timed("prefill", encode, *args, **kwargs)
+        def phase_of(kind: str) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if kind == "prefill":
+                    state["decodes"] = 0
+                    return timed("prefill (fused)", originals["encode_with_branches"])(*args, **kwargs)
+                if kind == "prefill-unfused":
+                    state["decodes"] = 0
+                    return timed("prefill (unfused)", originals["encode_prefixes"])(*args, **kwargs)
+                if kind == "greedy" and state["phase"] == "prefill (fused)":
+                    return timed("generation inside the fused call", originals["_greedy"])(*args, **kwargs)
+                if kind == "greedy":
+                    return originals["_greedy"](*args, **kwargs)
+                state["decodes"] += 1
+                return timed(f"decode call {state['decodes']}", originals["decode"])(*args, **kwargs)
+            return call
 
-        def timed_decode(*args: Any, **kwargs: Any) -> Any:
-            calls["n"] += 1
-            name = ("count step" if calls["n"] == 1 else "mention step") if parallel else "generation"
-            return timed(name, decode, *args, **kwargs)
-
-        engine.encode_prefixes, engine.decode = timed_encode, timed_decode
+        engine.encode_with_branches = phase_of("prefill")
+        engine.encode_prefixes = phase_of("prefill-unfused")
+        engine.decode = phase_of("decode")
+        engine._greedy = phase_of("greedy")
         stamps: List[float] = []
 
         def post_hook(*_: Any) -> None:
@@ -205,7 +226,8 @@ class PhaseTimer:
         post = model.register_forward_hook(post_hook)
 
         def uninstall() -> None:
-            del engine.encode_prefixes, engine.decode  # back to the class's methods
+            for name in originals:
+                delattr(engine, name)  # back to the class's methods
             pre.remove()
             post.remove()
 
@@ -226,7 +248,7 @@ def profile(system: rows.System, docs: List[Doc]) -> Dict[str, float]:
         uninstall()
     total = time.perf_counter() - start
     result = {name: 1000 * seconds / len(docs) for name, seconds in sorted(timer.totals.items())}
-    phases = [k for k in timer.totals if "(model forward)" not in k]
+    phases = [k for k in timer.totals if "(model forward)" not in k]  # disjoint after nesting is subtracted
     result["outside decoding (tokenize, align, annotate)"] = 1000 * (total - sum(timer.totals[k] for k in phases)) / len(docs)
     result["total"] = 1000 * total / len(docs)
     return result
@@ -240,9 +262,10 @@ def ablation(system: rows.System, docs: List[Doc]) -> Dict[str, float]:
     pipe._ensure_loaded()
     decoder = pipe._decoder
     if pipe.cfg["decoding"] == "parallel":
-        variants = {"as shipped": (True, True), "no count speculation": (True, False), "no fusion, no speculation": (False, False)}
+        variants = {"fused + speculative counts": (True, True), "fused": (True, False), "neither": (False, False)}
     else:
-        variants = {"as shipped": (True, False), "no fusion": (False, False)}
+        variants = {"fused": (True, False), "not fused": (False, False)}
+    default = (decoder.fused_prefill, getattr(decoder, "speculative_counts", False))
     system.set_batch_size(1)
     seconds: Dict[str, List[float]] = {name: [] for name in variants}
     names = list(variants)
@@ -257,10 +280,12 @@ def ablation(system: rows.System, docs: List[Doc]) -> Dict[str, float]:
                 system.nlp(doc.text)
                 seconds[name].append(time.perf_counter() - start)
     finally:
-        decoder.fused_prefill = True
+        decoder.fused_prefill = default[0]
         if hasattr(decoder, "speculative_counts"):
-            decoder.speculative_counts = True
-    return {name: 1000 * statistics.mean(v) for name, v in seconds.items()}
+            decoder.speculative_counts = default[1]
+    result = {name: 1000 * statistics.mean(v) for name, v in seconds.items()}
+    result["default here"] = next(name for name, v in variants.items() if v == default)
+    return result
 
 
 def summarize(system: rows.System, golds: List[Doc], latency: Dict[str, Any], throughput: Dict[int, Dict[str, float]],
@@ -291,6 +316,24 @@ def summarize(system: rows.System, golds: List[Doc], latency: Dict[str, Any], th
     return result
 
 
+def device_name(gpu: bool) -> str:
+    if gpu:
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+
+
+def write_profile(systems: List[rows.System], docs: List[Doc], args: argparse.Namespace) -> None:
+    report = {"date": date.today().isoformat(), "device": device_name(args.gpu), "command": "python " + " ".join(sys.argv),
+              "data": str(args.path), "docs": len(docs), "systems": {}}
+    for s in systems:
+        if s.kind == "padellm":
+            report["systems"][s.name] = {"profile_ms_per_doc": profile(s, docs), "ablation_ms_per_doc": ablation(s, docs)}
+    out = args.out.with_name(args.out.name + "_profile")
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(plots.profile_markdown(report))
+    print(plots.profile_markdown(report))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="JSONL of ../shared/data or a .spacy DocBin")
@@ -306,6 +349,8 @@ def main() -> None:
     parser.add_argument("--train", type=Path, default=None, help="JSONL with the few-shot examples for spacy-llm")
     parser.add_argument("--profile-docs", type=int, default=50)
     parser.add_argument("--gpu", action="store_true", help="run the LLM rows on GPU 0")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the profile and the ablation of the two PaDeLLM modes (writes <out>_profile.*)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decoding_cpu")
     args = parser.parse_args()
 
@@ -329,6 +374,9 @@ def main() -> None:
         loaded_mb[system.name] = (memory_in_use(args.gpu) - before) / 2**20
         systems.append(system)
 
+    if args.profile_only:
+        write_profile(systems, docs[: args.profile_docs], args)
+        return
     print("latency at batch size 1", flush=True)
     tokens_before = {s.name: s.generated_tokens() for s in systems}
     latency = measure_latency(systems, docs)
@@ -346,7 +394,7 @@ def main() -> None:
     base = results["autoregressive"]
     for r in results.values():
         r["latency_speedup_vs_autoregressive"] = base["latency_ms"]["mean"] / r["latency_ms"]["mean"]
-    device = torch.cuda.get_device_name(0) if args.gpu else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+    device = device_name(args.gpu)
     report = {
         "date": date.today().isoformat(),
         "device": device,

@@ -75,9 +75,15 @@ class ParallelDecoding:
         self.max_count = max_count
         self.max_count_tokens = max_count_tokens
         self.max_mention_tokens = max_mention_tokens
-        # Both exact; off only for the benchmark's ablation.
+        # Both exact. Fusion saves a forward call at no extra work and is
+        # always on (off only for the benchmark's ablation). Speculation saves
+        # a forward call but re-encodes each label branch behind the prefix;
+        # on a CPU, where work per token dominates, that measured 6% slower
+        # (benchmarks/results/decoding_cpu_profile.md), so it is on where a
+        # forward call's fixed cost dominates: on GPU.
         self.fused_prefill = True  # prefill and the count branches' first token in one forward call
-        self.speculative_counts = True  # mentions decoded while the counts finish
+        device = getattr(engine, "device", None)
+        self.speculative_counts = device is not None and device.type == "cuda"
 
     @property
     def tokenizer(self) -> Any:
@@ -172,6 +178,12 @@ class ParallelDecoding:
         return finished, done
 
 
+# The fused call's attention mask has (texts x length^2) entries, length being
+# a prefix plus all first-step branches; above this many (128 MB of float32)
+# the prefill runs on its own with a 2D mask (long documents).
+FUSED_MASK_LIMIT = 2**25
+
+
 def start_branches(
     engine: BranchDecoder,
     prefixes: Sequence[Sequence[int]],
@@ -182,7 +194,8 @@ def start_branches(
     """Encode the prefixes and decode the first step's branches (the same
     suffixes behind every text), text-major. Fused, the prefill and the
     branches' first token are one forward call; unfused, two."""
-    if fused:
+    length = max(len(p) for p in prefixes) + sum(len(s) for s in suffixes)
+    if fused and len(prefixes) * length**2 <= FUSED_MASK_LIMIT:
         return engine.encode_with_branches(prefixes, suffixes, max_new_tokens)
     cache = engine.encode_prefixes(prefixes)
     text_index = [i for i in range(len(prefixes)) for _ in suffixes]

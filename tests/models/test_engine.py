@@ -230,6 +230,7 @@ def test_speculated_mentions_are_redone_when_the_count_goes_on(lm):
     prompts = PromptTokenizer(tokenizer, PromptTemplate())
     engine = _ScriptedEngine(tokenizer, first=["1", "0"], rest="2\n")
     decoding = ParallelDecoding(engine, prompts, ["PER", "LOC"], max_count=16, max_count_tokens=3, max_mention_tokens=8)
+    decoding.speculative_counts = True
     (pred,) = decoding(["Some text ."])
     assert pred.counts == {"PER": 12, "LOC": 2}  # "0" then "2\n" is 02 = 2 as well
     assert engine.calls == [("first", 2), ("decode", 2 + 1), ("decode", 12 + 2)]
@@ -255,3 +256,19 @@ def test_speculative_counts_save_a_forward_call_and_change_nothing(lm):
     assert results[True][0] == results[False][0]
     assert any(mentions for _, mentions in results[True][0])
     assert results[True][1] == results[False][1] - 1
+
+
+def test_long_prefixes_are_not_fused(lm, monkeypatch):
+    """The fused call's 4D mask grows with the square of the length: long
+    texts take the unfused path, with the same results."""
+    import spacy_padellm.decoding as decoding_module
+
+    model, tokenizer = lm
+    decoding = ParallelDecoding(BranchDecoder(model, stop_token_ids(tokenizer), tokenizer.pad_token_id),
+                                PromptTokenizer(tokenizer, PromptTemplate()), LABELS,
+                                max_count=5, max_count_tokens=3, max_mention_tokens=8)
+    texts = [text for text, _ in MEMORIZED]
+    fused = [(p.counts, [m.text for m in p.mentions]) for p in decoding(texts)]
+    monkeypatch.setattr(decoding_module, "FUSED_MASK_LIMIT", 1)
+    monkeypatch.setattr(BranchDecoder, "encode_with_branches", None)  # would fail if called
+    assert [(p.counts, [m.text for m in p.mentions]) for p in decoding(texts)] == fused
