@@ -92,10 +92,12 @@ class AutoregressiveDecoding:
         )
         add_stats(preds, range(len(texts)), gens)
         for pred, gen in zip(preds, gens):
+            line = generation_text(self.tokenizer, gen)
             if not gen.stopped:
+                # Keep the complete pairs of a line cut by the token bound.
                 pred.fallbacks["truncated_generations"] += 1
-                continue
-            pairs, bad = parse_pairs(generation_text(self.tokenizer, gen), self.labels)
+                line = line.rsplit(PAIR_SEPARATOR.strip(), 1)[0] if PAIR_SEPARATOR.strip() in line else ""
+            pairs, bad = parse_pairs(line, self.labels)
             if bad:
                 pred.fallbacks["unparseable_pairs"] += bad
             seen: Counter = Counter()

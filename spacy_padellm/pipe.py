@@ -177,7 +177,9 @@ class PaDeLLMNER(TrainablePipe):
             _check_positive("max_text_tokens", max_text_tokens)
         definitions = dict(label_definitions or {})
         _check_labels(list(labels or []), definitions if labels else {})
-        PromptTemplate(template)  # fails early on an unknown name
+        prompt_template = PromptTemplate(template)  # fails early on an unknown name
+        if decoding == "autoregressive":
+            prompt_template.structured_header()  # and on a template without the baseline's header
         self.vocab = vocab
         self.model = model
         self.name = name
@@ -255,8 +257,8 @@ class PaDeLLMNER(TrainablePipe):
     @property
     def max_structured_tokens(self) -> int:
         """The autoregressive baseline's token bound for its one line: room
-        for `max_count` mentions of `max_mention_tokens` tokens."""
-        return self.cfg["max_count"] * self.cfg["max_mention_tokens"]
+        for `max_count` mentions of `max_mention_tokens` tokens per label."""
+        return len(self.labels) * self.cfg["max_count"] * self.cfg["max_mention_tokens"]
 
     def _build_decoder(self) -> Any:
         from .autoregressive import AutoregressiveDecoding

@@ -69,3 +69,32 @@ def test_training_then_decoding_autoregressively_finds_the_gold(tiny_model_dir):
     doc = nlp(examples[0].reference.text)
     # One sequence per text: as many sequential steps as generated tokens.
     assert doc._.padellm["decoding_steps"] == doc._.padellm["generated_tokens"] > 0
+
+
+def test_a_line_cut_by_the_token_bound_keeps_its_complete_pairs(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from spacy_padellm.autoregressive import AutoregressiveDecoding
+    from spacy_padellm.engine import Generation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tokenizer("LOC: Japan; MISC: Asian", add_special_tokens=False)["input_ids"]
+
+    class CutEngine:
+        def encode_with_branches(self, prefixes, suffixes, max_new_tokens):
+            return None, [Generation(ids, [0.0] * len(ids), False) for _ in prefixes]
+
+    decoding = AutoregressiveDecoding(CutEngine(), PromptTokenizer(tokenizer, PromptTemplate()), LABELS, max_new_tokens=len(ids))
+    (pred,) = decoding(["Japan began the defence of their Asian Cup title ."])
+    assert [(m.label, m.text) for m in pred.mentions] == [("LOC", "Japan")]
+    assert pred.fallbacks["truncated_generations"] == 1
+
+
+def test_autoregressive_needs_a_template_with_its_header(monkeypatch):
+    import spacy
+
+    from spacy_padellm.prompt import PromptTemplate as Template
+
+    monkeypatch.setattr(Template, "structured_header", lambda self: (_ for _ in ()).throw(ValueError("E2023")))
+    with pytest.raises(ValueError, match="E2023"):
+        spacy.blank("en").add_pipe("padellm_ner", config={"decoding": "autoregressive"})
