@@ -354,18 +354,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decoding_cpu")
     args = parser.parse_args()
 
-    if args.gpu:
-        spacy.require_gpu(0)
+    device = "cuda:0" if args.gpu else None
     docs = read_docs(args.path, args.end, args.limit + args.skip if args.limit else 0)[args.skip :]
     print(f"{len(docs)} docs from {args.path}", flush=True)
-    builders = [lambda: rows.padellm("parallel", args.parallel), lambda: rows.padellm("autoregressive", args.autoregressive)]
+    builders = [lambda: rows.padellm("parallel", args.parallel, device),
+                lambda: rows.padellm("autoregressive", args.autoregressive, device)]
     for spec in args.pipeline:
         name, _, path = spec.partition("=")
         builders.append(lambda name=name, path=path: rows.spacy_pipeline(name, path))
     if args.spacy_llm:
         train = read_docs(args.train, args.end, 50) if args.train else docs[:0]
         shots = args.spacy_llm_shots if args.train else 0
-        builders.append(lambda: rows.spacy_llm(train, shots, args.spacy_llm_limit, 256))
+        builders.append(lambda: rows.spacy_llm(train, shots, args.spacy_llm_limit, 256, device))
     systems, loaded_mb = [], {}
     for build in builders:
         before = memory_in_use(args.gpu)
@@ -394,10 +394,10 @@ def main() -> None:
     base = results["autoregressive"]
     for r in results.values():
         r["latency_speedup_vs_autoregressive"] = base["latency_ms"]["mean"] / r["latency_ms"]["mean"]
-    device = device_name(args.gpu)
+    device_label = device_name(args.gpu)
     report = {
         "date": date.today().isoformat(),
-        "device": device,
+        "device": device_label,
         "command": "python " + " ".join(sys.argv),
         "data": str(args.path),
         "docs": len(docs),

@@ -49,17 +49,22 @@ class System:
         return None
 
 
-def padellm(mode: str, path: Optional[str] = None) -> System:
+def padellm(mode: str, path: Optional[str] = None, device: Optional[str] = None) -> System:
     """A PaDeLLM component in `mode`: from a saved pipeline, or from
-    `add_pipe` with the default model and that mode's shipped adapter."""
+    `add_pipe` with the default model and that mode's shipped adapter.
+    `device` (e.g. "cuda:0") places the model without needing cupy."""
     if path:
-        nlp = spacy.load(path)
+        overrides = {"components.padellm_ner.model.device": device} if device else {}
+        nlp = spacy.load(path, config=overrides)
         pipe = next(p for _, p in nlp.pipeline if hasattr(p, "fallback_counts"))
         if pipe.cfg["decoding"] != mode:
             raise ValueError(f"{path} decodes {pipe.cfg['decoding']!r}, not {mode!r}")
         return System(mode, nlp, "padellm", notes=[f"pipeline {path}"])
     nlp = spacy.blank("en")
-    nlp.add_pipe("padellm_ner", config={"decoding": mode})
+    config: dict = {"decoding": mode}
+    if device:
+        config["model"] = {"@architectures": "spacy_padellm.CausalLM.v1", "device": device}
+    nlp.add_pipe("padellm_ner", config=config)
     nlp.initialize()
     return System(mode, nlp, "padellm", notes=["default model + shipped adapter"])
 
@@ -78,7 +83,8 @@ def fewshot_examples(docs: Sequence[Doc], n: int) -> List[dict]:
     return examples
 
 
-def spacy_llm(train_docs: Sequence[Doc], n_examples: int, limit: int, max_new_tokens: int) -> System:
+def spacy_llm(train_docs: Sequence[Doc], n_examples: int, limit: int, max_new_tokens: int,
+              device: Optional[str] = None) -> System:
     """spacy-llm's NER.v3, prompting SmolLM2-135M-Instruct (no adapter) with
     `n_examples` few-shot examples from the training data."""
     path = Path(tempfile.mkdtemp()) / "fewshot.json"
@@ -92,7 +98,7 @@ def spacy_llm(train_docs: Sequence[Doc], n_examples: int, limit: int, max_new_to
                 "labels": LABELS,
                 "examples": {"@misc": "spacy.FewShotReader.v1", "path": str(path)},
             },
-            "model": {"@llm_models": "spacy_padellm.LocalCausalLM.v1", "max_new_tokens": max_new_tokens},
+            "model": {"@llm_models": "spacy_padellm.LocalCausalLM.v1", "max_new_tokens": max_new_tokens, "device": device},
         },
     )
     return System("spacy-llm NER.v3", nlp, "spacy-llm", limit=limit,
