@@ -349,6 +349,7 @@ def main() -> None:
     parser.add_argument("--train", type=Path, default=None, help="JSONL with the few-shot examples for spacy-llm")
     parser.add_argument("--profile-docs", type=int, default=50)
     parser.add_argument("--gpu", action="store_true", help="run the LLM rows on GPU 0")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the nlp.pipe throughput runs")
     parser.add_argument("--profile-only", action="store_true",
                         help="only the profile and the ablation of the two PaDeLLM modes (writes <out>_profile.*)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decoding_cpu")
@@ -381,7 +382,7 @@ def main() -> None:
     tokens_before = {s.name: s.generated_tokens() for s in systems}
     latency = measure_latency(systems, docs)
     print("throughput", flush=True)
-    throughput = measure_throughput(systems, docs, cuda=args.gpu)
+    throughput = {s.name: {} for s in systems} if args.no_throughput else measure_throughput(systems, docs, cuda=args.gpu)
     results = {s.name: summarize(s, docs, latency[s.name], throughput[s.name], tokens_before[s.name]) for s in systems}
     for name, mb in loaded_mb.items():
         results[name]["loaded_memory_mb"] = mb
