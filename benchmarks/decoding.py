@@ -38,9 +38,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import plots  # noqa: E402
 import systems as rows  # noqa: E402
 
-BATCH_SIZES = (1, 8, 32)
-
-
 def read_docs(path: Path, end: str, limit: int) -> List[Doc]:
     nlp = spacy.blank("en")
     if path.suffix == ".spacy":
@@ -141,7 +138,7 @@ def measure_latency(systems: List[rows.System], docs: List[Doc]) -> Dict[str, Di
 
 def measure_throughput(systems: List[rows.System], docs: List[Doc], cuda: bool) -> Dict[str, Dict[int, Dict[str, float]]]:
     out: Dict[str, Dict[int, Dict[str, float]]] = {s.name: {} for s in systems}
-    for r, size in enumerate(BATCH_SIZES):
+    for r, size in enumerate(plots.BATCH_SIZES):
         for k in range(len(systems)):
             system = systems[(r + k) % len(systems)]
             texts = [d.text for d in docs[: system.limit or len(docs)]]

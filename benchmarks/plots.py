@@ -4,7 +4,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List
 
-BATCH_SIZES = ("1", "8", "32")
+BATCH_SIZES = (1, 8, 32)  # of the throughput runs; keys of report["systems"][...]["throughput"]
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -33,7 +33,7 @@ def markdown(report: Dict[str, Any]) -> str:
               "| system | " + " | ".join(f"bs {b}" for b in BATCH_SIZES) + " | peak MB (bs 1 / 8 / 32) | MB once loaded |",
               "| --- |" + " ---: |" * (len(BATCH_SIZES) + 2)]
     for name, r in systems.items():
-        t = {str(k): v for k, v in r["throughput"].items()}
+        t = {int(k): v for k, v in r["throughput"].items()}  # str keys once read back from JSON
         cells = [f"{t[b]['docs_per_s']:.2f} ({t[b]['words_per_s']:.0f})" if b in t else "–" for b in BATCH_SIZES]
         memory = " / ".join(f"{t[b]['peak_memory_mb']:.0f}" if b in t else "–" for b in BATCH_SIZES)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {memory} | {_fmt(r.get('loaded_memory_mb'), 0)} |")
@@ -63,11 +63,7 @@ def draw(report: Dict[str, Any], out: Path) -> None:
     ax.set_xlabel("gold entities in the doc")
     ax.set_ylabel("latency at batch size 1 (ms)")
     ax.set_yscale("log")
-    ax.set_title(f"Latency vs. entities ({report['device']})", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out.with_name(out.name + "_latency_vs_entities.png"), dpi=120)
-    plt.close(fig)
+    _save(fig, ax, f"Latency vs. entities ({report['device']})", out.with_name(out.name + "_latency_vs_entities.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in systems.items():
@@ -78,10 +74,16 @@ def draw(report: Dict[str, Any], out: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("time per doc with nlp.pipe (ms, log scale)")
     ax.set_ylabel("span F1 (ents)")
-    ax.set_title(f"F1 vs. time per doc by batch size ({report['device']})", fontsize=9)
+    _save(fig, ax, f"F1 vs. time per doc by batch size ({report['device']})", out.with_name(out.name + "_f1_vs_latency.png"))
+
+
+def _save(fig: Any, ax: Any, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out.with_name(out.name + "_f1_vs_latency.png"), dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 

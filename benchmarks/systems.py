@@ -55,11 +55,11 @@ def padellm(mode: str, path: Optional[str] = None, device: Optional[str] = None)
     `device` (e.g. "cuda:0") places the model without needing cupy."""
     if path:
         overrides = {"components.padellm_ner.model.device": device} if device else {}
-        nlp = spacy.load(path, config=overrides)
-        pipe = next(p for _, p in nlp.pipeline if hasattr(p, "fallback_counts"))
-        if pipe.cfg["decoding"] != mode:
-            raise ValueError(f"{path} decodes {pipe.cfg['decoding']!r}, not {mode!r}")
-        return System(mode, nlp, "padellm", notes=[f"pipeline {path}"])
+        system = System(mode, spacy.load(path, config=overrides), "padellm", notes=[f"pipeline {path}"])
+        decoding = system.padellm_pipe().cfg["decoding"]
+        if decoding != mode:
+            raise ValueError(f"{path} decodes {decoding!r}, not {mode!r}")
+        return system
     nlp = spacy.blank("en")
     config: dict = {"decoding": mode}
     if device:

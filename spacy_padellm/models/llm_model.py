@@ -12,8 +12,8 @@ from typing import Iterable, List, Optional
 
 import torch
 
-from .architectures import DEFAULT_GGUF, DEFAULT_PACKAGE
-from .loader import ModelSource, load_adapter, load_base, resolve_device, resolve_dtype
+from .architectures import model_source
+from .loader import ModelSource, load_model
 
 
 class LocalCausalLM:
@@ -35,11 +35,7 @@ class LocalCausalLM:
         chat_template: bool = True,
         batch_size: int = 8,
     ) -> None:
-        torch_device = resolve_device(device)
-        model, tokenizer = load_base(source, resolve_dtype(dtype, torch_device), torch_device)
-        if adapter:
-            model = load_adapter(model, adapter)
-        self.model = model.eval()
+        self.model, tokenizer = load_model(source, dtype, device, adapter)
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -111,10 +107,8 @@ def make_local_causal_lm(
     chat_template (bool): wrap prompts in the tokenizer's chat template.
     batch_size (int): prompts generated together.
     """
-    if name is None and package is None:
-        package, gguf_file = DEFAULT_PACKAGE, gguf_file or DEFAULT_GGUF
     return LocalCausalLM(
-        ModelSource(name, package, gguf_file, revision, trust_remote_code),
+        model_source(name, package, gguf_file, revision, trust_remote_code),
         adapter=adapter,
         dtype=dtype,
         device=device,

@@ -159,6 +159,17 @@ def load_base(source: ModelSource, dtype: torch.dtype, device: torch.device) -> 
     return model, tokenizer
 
 
+def load_model(source: ModelSource, dtype: str, device: Optional[str], adapter: Optional[str] = None) -> Tuple[Any, Any]:
+    """The base model on its device, wrapped with `adapter` when one is given,
+    in eval mode; and its tokenizer. What the thinc shim and the spacy-llm
+    model both load."""
+    torch_device = resolve_device(device)
+    model, tokenizer = load_base(source, resolve_dtype(dtype, torch_device), torch_device)
+    if adapter:
+        model = load_adapter(model, adapter)
+    return model.eval(), tokenizer
+
+
 def load_adapter(model: Any, path: str, trainable: bool = False) -> Any:
     """Wrap `model` with the LoRA adapter saved in directory `path` (peft)."""
     adapter_dir = Path(path).expanduser()

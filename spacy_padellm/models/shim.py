@@ -20,7 +20,7 @@ import torch
 from thinc.api import PyTorchShim
 
 from ..errors import Errors
-from .loader import ModelSource, load_adapter, load_base, resolve_device, resolve_dtype
+from .loader import ModelSource, load_model, resolve_device
 
 logger = logging.getLogger("spacy_padellm")
 
@@ -95,13 +95,7 @@ class CausalLMShim(PyTorchShim):
     def load(self, adapter_dir: Optional[str] = None) -> None:
         """Load the base model, then the adapter: the configured one, or the
         one a saved pipeline carries (`adapter_dir`)."""
-        device = resolve_device(self.device_name)
-        model, self.tokenizer = load_base(self.source, resolve_dtype(self.dtype, device), device)
-        adapter = adapter_dir or self.adapter
-        if adapter:
-            model = load_adapter(model, adapter)
-        model.eval()
-        self._model = model
+        self._model, self.tokenizer = load_model(self.source, self.dtype, self.device_name, adapter_dir or self.adapter)
 
     def prepare_for_training(self) -> bool:
         """Make the weights that training updates trainable, once.
