@@ -63,7 +63,7 @@ def draw(report: Dict[str, Any], out: Path) -> None:
     ax.set_xlabel("gold entities in the doc")
     ax.set_ylabel("latency at batch size 1 (ms)")
     ax.set_yscale("log")
-    _save(fig, ax, f"Latency vs. entities ({report['device']})", out.with_name(out.name + "_latency_vs_entities.png"))
+    save_figure(fig, ax, f"Latency vs. entities ({report['device']})", out.with_name(out.name + "_latency_vs_entities.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in systems.items():
@@ -74,10 +74,10 @@ def draw(report: Dict[str, Any], out: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("time per doc with nlp.pipe (ms, log scale)")
     ax.set_ylabel("span F1 (ents)")
-    _save(fig, ax, f"F1 vs. time per doc by batch size ({report['device']})", out.with_name(out.name + "_f1_vs_latency.png"))
+    save_figure(fig, ax, f"F1 vs. time per doc by batch size ({report['device']})", out.with_name(out.name + "_f1_vs_latency.png"))
 
 
-def _save(fig: Any, ax: Any, title: str, path: Path) -> None:
+def save_figure(fig: Any, ax: Any, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ax.set_title(title, fontsize=9)

@@ -6,6 +6,7 @@ The conversion itself lives in `spacy_padellm.convert` (importable and
 tested); this script only parses the command line and reports progress.
 """
 import argparse
+import itertools
 import sys
 from typing import List, Optional
 
@@ -24,7 +25,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--lang", default="en", help="language; zh makes one token per character (default: en)")
     parser.add_argument("--spans-key", default=DEFAULT_SPANS_KEY, help="doc.spans key for the gold spans")
-    return parser.parse_args(argv)
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first SKIP sentences (default: 0)")
+    parser.add_argument(
+        "--limit", type=int, default=0,
+        help="keep at most LIMIT sentences after those skipped (default: 0, all); with --skip, this "
+        "splits one file into parts, as for genia, which has a dev split only",
+    )
+    args = parser.parse_args(argv)
+    if args.skip < 0 or args.limit < 0:
+        parser.error("--skip and --limit must be 0 or more")
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -35,6 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         docs = convert_docs(args.input, format=args.format, end=args.end, lang=args.lang, spans_key=args.spans_key)
+        docs = itertools.islice(docs, args.skip, args.skip + args.limit if args.limit else None)
         summary = write_docbin(docs, args.output, spans_key=args.spans_key, progress=progress)
     except ValueError as err:
         print(f"Error: {err}", file=sys.stderr)

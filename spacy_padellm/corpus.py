@@ -13,6 +13,7 @@ The mention string of every entity is checked against the tokens it points
 at: the corpora disagree on whether `end` is inclusive, and a wrong guess
 would otherwise shift every entity silently.
 """
+import itertools
 import json
 import random
 from pathlib import Path
@@ -227,23 +228,27 @@ class JsonlCorpus:
         lang: Optional[str] = None,
         limit: int = 0,
         shuffle: bool = False,
+        skip: int = 0,
     ) -> None:
         check_end(end, path)
+        if skip < 0 or limit < 0:
+            raise ValueError(Errors.E2039.format(path=path, skip=skip, limit=limit))
         self.path = Path(path)
         self.end = end
         self.spans_key = spans_key
         self.lang = lang
         self.limit = limit
         self.shuffle = shuffle
+        self.skip = skip
 
     def __call__(self, nlp: Language) -> Iterator[Example]:
-        docs: Any = read_jsonl_docs(self.path, nlp, end=self.end, spans_key=self.spans_key, lang=self.lang)
+        docs = read_jsonl_docs(self.path, nlp, end=self.end, spans_key=self.spans_key, lang=self.lang)
+        stop = self.skip + self.limit if self.limit else None
+        selected: Any = itertools.islice(docs, self.skip, stop)
         if self.shuffle:
-            docs = list(docs)
-            random.shuffle(docs)
-        for i, doc in enumerate(docs):
-            if self.limit >= 1 and i >= self.limit:
-                break
+            selected = list(selected)
+            random.shuffle(selected)
+        for doc in selected:
             yield to_example(doc)
 
 
@@ -254,10 +259,13 @@ def make_jsonl_corpus(
     lang: Optional[str] = None,
     limit: int = 0,
     shuffle: bool = False,
+    skip: int = 0,
 ) -> Callable[[Language], Iterator[Example]]:
     """`spacy_padellm.JsonlCorpus.v1`: like `spacy.Corpus.v1`, for the JSONL
     corpora. `end` is the file's end convention ("exclusive" for genia);
-    `lang` overrides the pipeline's language ("zh": character tokens);
-    `limit` > 0 keeps the first examples only; `shuffle` reorders them
-    (with Python's `random`, which `spacy train` seeds)."""
-    return JsonlCorpus(path, end=end, spans_key=spans_key, lang=lang, limit=limit, shuffle=shuffle)
+    `lang` overrides the pipeline's language ("zh": character tokens).
+    `skip` and `limit` (> 0) select a fixed range of lines in file order,
+    which is how one file is split into a training and a selection part
+    (genia has a dev split only); `shuffle` then reorders that range (with
+    Python's `random`, which `spacy train` seeds)."""
+    return JsonlCorpus(path, end=end, spans_key=spans_key, lang=lang, limit=limit, shuffle=shuffle, skip=skip)

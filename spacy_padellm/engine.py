@@ -18,7 +18,7 @@ the unpadded sequence would: the equivalence test compares against
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Collection, List, Sequence, Tuple, Union
+from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -106,6 +106,7 @@ class BranchDecoder:
         prefixes: Sequence[Sequence[int]],
         suffixes: Sequence[Sequence[int]],
         max_new_tokens: int,
+        first_token_bias: Optional[Dict[int, float]] = None,
     ) -> Tuple[PrefixCache, List[Generation]]:
         """Prefill and the first step of decoding in one forward call: every
         text's prefix, then `suffixes` (the same for every text, e.g. one label
@@ -114,6 +115,7 @@ class BranchDecoder:
         sequential forward call per batch, which is most of a step's cost on
         CPU at small batches.
 
+        first_token_bias: see `decode`.
         RETURNS: the prefix cache for later `decode` calls (it sees the prefix
         only), and one generation per (text, suffix), text-major.
         """
@@ -170,6 +172,7 @@ class BranchDecoder:
             torch.stack(branch_masks).to(device),
             torch.tensor(lengths, dtype=torch.long, device=device),
             max_new_tokens,
+            first_token_bias,
         )
         return prefix_cache, generations
 
@@ -180,11 +183,15 @@ class BranchDecoder:
         text_index: Sequence[int],
         suffixes: Sequence[Sequence[int]],
         max_new_tokens: Union[int, Sequence[int]],
+        first_token_bias: Optional[Dict[int, float]] = None,
     ) -> List[Generation]:
         """Greedy-decode one branch per suffix, behind prefix `text_index[i]`.
 
         max_new_tokens: one bound for all branches, or one per branch (branches
             of different kinds can then share the forward calls).
+        first_token_bias: token id -> value added to its log-probability when
+            the first token is chosen; the recorded log-probabilities stay the
+            model's. The count step uses it against count 0.
         RETURNS (List[Generation]): one per suffix, in order.
         """
         n = len(suffixes)
@@ -214,7 +221,7 @@ class BranchDecoder:
             logits_to_keep=1,
             **{self._cache_arg: cache},
         )
-        return self._greedy(out.logits[:, -1, :], output_cache(out), mask, lengths, max_new_tokens)
+        return self._greedy(out.logits[:, -1, :], output_cache(out), mask, lengths, max_new_tokens, first_token_bias)
 
     def _greedy(
         self,
@@ -223,6 +230,7 @@ class BranchDecoder:
         mask: torch.Tensor,
         lengths: torch.Tensor,
         max_new_tokens: Union[int, Sequence[int]],
+        first_token_bias: Optional[Dict[int, float]] = None,
     ) -> List[Generation]:
         """Greedy steps for rows whose first next-token logits are known; a row
         leaves the batch (and its cache rows are dropped) once it stops or
@@ -241,7 +249,13 @@ class BranchDecoder:
         active = torch.arange(n, device=device)  # original index of each row
         for step in range(int(limits.max())):
             log_p = torch.log_softmax(logits.float(), dim=-1)
-            next_ids = log_p.argmax(dim=-1)
+            if step == 0 and first_token_bias:
+                biased = log_p.clone()
+                ids = torch.tensor(list(first_token_bias), dtype=torch.long, device=device)
+                biased[:, ids] += torch.tensor(list(first_token_bias.values()), device=device)
+                next_ids = biased.argmax(dim=-1)
+            else:
+                next_ids = log_p.argmax(dim=-1)
             next_lp = log_p.gather(1, next_ids[:, None])[:, 0]
             is_stop = torch.isin(next_ids, stop)
             for row, (index, token, lp, done) in enumerate(

@@ -79,3 +79,8 @@ class Errors(metaclass=ErrorsWithCodes):
     E2038 = ("The corpus file '{path}' does not exist. Check the path: relative "
             "paths are resolved from the current directory (the data lives in "
             "../shared/data/ relative to the project root).")
+    E2039 = ("The corpus reader for '{path}' got skip={skip} and limit={limit}. "
+            "Both count lines and must be 0 or more (limit 0 reads to the end).")
+    E2040 = ("zero_count_penalty must be a number of 0 or more (a log-probability "
+            "subtracted from count 0 when a label's count is chosen), got {value!r}. "
+            "0 turns it off; larger values predict more entities.")

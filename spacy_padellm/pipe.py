@@ -50,6 +50,7 @@ def install_extensions() -> None:
         "max_count": 16,
         "max_count_tokens": 4,
         "max_mention_tokens": 24,
+        "zero_count_penalty": 0.0,
         "max_text_tokens": None,
         "batch_size": 16,
         "alignment_mode": "expand",
@@ -71,6 +72,7 @@ def make_padellm_ner(
     max_count: int,
     max_count_tokens: int,
     max_mention_tokens: int,
+    zero_count_penalty: float,
     max_text_tokens: Optional[int],
     batch_size: int,
     alignment_mode: str,
@@ -94,6 +96,7 @@ def make_padellm_ner(
         max_count=max_count,
         max_count_tokens=max_count_tokens,
         max_mention_tokens=max_mention_tokens,
+        zero_count_penalty=zero_count_penalty,
         max_text_tokens=max_text_tokens,
         batch_size=batch_size,
         alignment_mode=alignment_mode,
@@ -130,6 +133,10 @@ def _check_labels(labels: Sequence[str], definitions: Dict[str, str]) -> None:
         raise ValueError(Errors.E2006.format(extra=extra))
 
 
+# The cfg entries that `initialize` or `add_label` set, which no config holds.
+LEARNED_CFG = ("labels", "labels_configured")
+
+
 class PaDeLLMNER(TrainablePipe):
     """Predicts entities with a causal LM: counts per label, then mentions.
 
@@ -153,6 +160,7 @@ class PaDeLLMNER(TrainablePipe):
         max_count: int = 16,
         max_count_tokens: int = 4,
         max_mention_tokens: int = 24,
+        zero_count_penalty: float = 0.0,
         max_text_tokens: Optional[int] = None,
         batch_size: int = 16,
         alignment_mode: str = "expand",
@@ -175,6 +183,8 @@ class PaDeLLMNER(TrainablePipe):
             _check_positive(key, value)
         if max_text_tokens is not None:
             _check_positive("max_text_tokens", max_text_tokens)
+        if isinstance(zero_count_penalty, bool) or not isinstance(zero_count_penalty, (int, float)) or zero_count_penalty < 0:
+            raise ValueError(Errors.E2040.format(value=zero_count_penalty))
         definitions = dict(label_definitions or {})
         _check_labels(list(labels or []), definitions if labels else {})
         prompt_template = PromptTemplate(template)  # fails early on an unknown name
@@ -194,6 +204,7 @@ class PaDeLLMNER(TrainablePipe):
             "max_count": max_count,
             "max_count_tokens": max_count_tokens,
             "max_mention_tokens": max_mention_tokens,
+            "zero_count_penalty": float(zero_count_penalty),
             "max_text_tokens": max_text_tokens,
             "batch_size": batch_size,
             "alignment_mode": alignment_mode,
@@ -280,15 +291,28 @@ class PaDeLLMNER(TrainablePipe):
             max_count=self.cfg["max_count"],
             max_count_tokens=self.cfg["max_count_tokens"],
             max_mention_tokens=self.cfg["max_mention_tokens"],
+            zero_count_penalty=self.cfg.get("zero_count_penalty", 0.0),
         )
 
     def context_length(self) -> Optional[int]:
+        """The longest sequence (text, branch and generation) decoded exactly.
+
+        Models with sliding-window layers (Gemma 3: 512 tokens) count only up
+        to their window: the engine's and the packed training's 4D masks give
+        every token its whole text, which equals the model's own attention
+        only while the sequence fits the window. Longer docs are windowed."""
         config = self.shim.model.config
+        config = getattr(config, "text_config", None) or config
+        length = None
         for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
             value = getattr(config, attr, None)
             if isinstance(value, int) and value > 0:
-                return value
-        return None
+                length = value
+                break
+        window = getattr(config, "sliding_window", None)
+        if isinstance(window, int) and window > 0 and "sliding_attention" in (getattr(config, "layer_types", None) or []):
+            length = min(length, window) if length else window
+        return length
 
     def _compute_text_budget(self, prompts: Any) -> Optional[int]:
         """Model tokens left for the text once the prompt around it, the
@@ -519,7 +543,12 @@ class PaDeLLMNER(TrainablePipe):
         return dict(self.cfg)
 
     def _cfg_from_saved(self, cfg: Dict[str, Any]) -> None:
-        self.cfg.update(cfg)
+        """Restore what was learned from data (the labels). Every other
+        setting is in the pipeline's config.cfg and reached the constructor,
+        so `spacy.load(path, config={...})` overrides it as users expect."""
+        for key in LEARNED_CFG:
+            if key in cfg:
+                self.cfg[key] = cfg[key]
         self._decoder = None
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = SimpleFrozenList()) -> None:

@@ -32,10 +32,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             item.add_marker(skip)
 
 
-def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0, tie: bool = False) -> Path:
+# Gemma 3's local layers attend over this many tokens in the tiny model: more
+# than any test sequence, less than its 256 positions.
+TINY_SLIDING_WINDOW = 128
+
+
+def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0, tie: bool = False, arch: str = "llama") -> Path:
+    """arch: "llama", or "gemma3" (sliding-window and global layers, as in
+    the Chinese default base)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -51,11 +58,10 @@ def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0, tie: b
         tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    common = dict(
         vocab_size=len(fast),
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
@@ -64,7 +70,17 @@ def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0, tie: b
         bos_token_id=None,
         tie_word_embeddings=tie,
     )
-    model = LlamaForCausalLM(config)
+    if arch == "gemma3":
+        config = Gemma3TextConfig(
+            **common,
+            num_hidden_layers=3,
+            head_dim=16,
+            sliding_window=TINY_SLIDING_WINDOW,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        )
+        model = Gemma3ForCausalLM(config)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common, num_hidden_layers=2))
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     fast.save_pretrained(path)
@@ -74,6 +90,11 @@ def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0, tie: b
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gemma3"), arch="gemma3")
 
 
 @pytest.fixture

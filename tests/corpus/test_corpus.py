@@ -169,6 +169,13 @@ def test_reader_limit_shuffle_and_lang(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", rows)
     nlp = spacy.blank("en")
     assert len(list(make_jsonl_corpus(path, limit=3)(nlp))) == 3
+    # skip + limit: a fixed range in file order, shuffled only within it
+    part = [eg.reference.text for eg in make_jsonl_corpus(path, skip=2, limit=3, shuffle=True)(nlp)]
+    assert sorted(part) == ["Text 2 .", "Text 3 .", "Text 4 ."]
+    rest = [eg.reference.text for eg in make_jsonl_corpus(path, skip=5)(nlp)]
+    assert rest == [f"Text {i} ." for i in range(5, 10)]
+    with pytest.raises(ValueError, match="skip=-1"):
+        make_jsonl_corpus(path, skip=-1)
     texts = [eg.reference.text for eg in make_jsonl_corpus(path, shuffle=True)(nlp)]
     assert sorted(texts) == sorted(row[0] for row in rows)
     # called again (the next epoch), it reads the file again
@@ -282,6 +289,13 @@ def test_convert_script(tmp_path: Path) -> None:
         [sys.executable, str(script), str(path), str(output), "--end", "exclusive"], capture_output=True, text=True
     )
     assert done.returncode == 1 and "line 1" in done.stderr
+    rows = [[f"Text {i} ."] for i in range(6)]
+    path = write_jsonl(tmp_path / "parts.jsonl", rows)
+    done = subprocess.run(
+        [sys.executable, str(script), str(path), str(output), "--skip", "2", "--limit", "3"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert [doc.text for doc in read_docbin(output)] == ["Text 2 .", "Text 3 .", "Text 4 ."]
 
 
 # --- the real corpora, if present ---------------------------------------------

@@ -5,7 +5,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spacy_padellm.decoding import ParallelDecoding, generation_text, parse_count, stop_token_ids
+from spacy_padellm.decoding import (
+    ParallelDecoding,
+    generation_text,
+    parse_count,
+    start_branches,
+    stop_token_ids,
+    zero_count_token_ids,
+)
 from spacy_padellm.engine import BranchDecoder
 from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
 
@@ -98,6 +105,35 @@ def test_parallel_decoding_matches_naive_two_steps(lm):
     assert len(counts_seen - {0}) >= 2
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_zero_count_penalty_never_starts_a_count_with_zero(lm, fused):
+    model, tokenizer = lm
+    stop = stop_token_ids(tokenizer)
+    prompts = PromptTokenizer(tokenizer, PromptTemplate())
+    zeros = zero_count_token_ids(tokenizer)
+    assert zeros and all(tokenizer.decode([i]).strip() == "0" for i in zeros)
+    engine = BranchDecoder(model, stop, tokenizer.pad_token_id)
+    prefixes = [prompts.prefix(text) for text, _ in MEMORIZED]
+    suffixes = [prompts.count_branch(label) for label in LABELS]
+    _, plain = start_branches(engine, prefixes, suffixes, 3, fused=fused)
+    _, biased = start_branches(engine, prefixes, suffixes, 3, fused=fused, first_token_bias={i: -1000.0 for i in zeros})
+    branches = [(i, s) for i in range(len(prefixes)) for s in suffixes]
+    started_with_zero = 0
+    for (i, suffix), before, after in zip(branches, plain, biased):
+        assert after.token_ids[0] not in zeros
+        if before.token_ids[0] not in zeros:
+            assert after == before  # only count 0 is touched
+            continue
+        started_with_zero += 1
+        # the runner-up token, with the model's own log-probability
+        with torch.no_grad():
+            log_p = torch.log_softmax(model(torch.tensor([prefixes[i] + suffix])).logits[0, -1].float(), -1)
+        log_p[zeros] = float("-inf")
+        assert after.token_ids[0] == int(log_p.argmax())
+        assert after.logprobs[0] == pytest.approx(float(log_p.max()), abs=1e-4)
+    assert started_with_zero  # the memorized model predicts count 0 somewhere
+
+
 def test_prefix_is_encoded_once_per_text(lm):
     """No forward call after the prefill sees a text's tokens again."""
     model, tokenizer = lm
@@ -151,14 +187,20 @@ def test_parse_count(text, expected):
     assert parse_count(text, 5) == expected
 
 
-def test_fused_prefill_matches_generate_and_saves_a_forward_call(lm):
-    model, tokenizer = lm
+def first_step_setup(model, tokenizer):
+    """An engine, texts of mixed lengths and first-step branches of both kinds."""
     stop = stop_token_ids(tokenizer)
     prompts = PromptTokenizer(tokenizer, PromptTemplate())
     engine = BranchDecoder(model, stop, tokenizer.pad_token_id)
     texts = [text for text, _ in MEMORIZED] + ["Short ."]
     prefixes = [prompts.prefix(t) for t in texts]
     suffixes = [prompts.count_branch(label) for label in LABELS] + [prompts.mention_branch("LOC", 3, 2)]
+    return stop, prompts, engine, texts, prefixes, suffixes
+
+
+def test_fused_prefill_matches_generate_and_saves_a_forward_call(lm):
+    model, tokenizer = lm
+    stop, prompts, engine, texts, prefixes, suffixes = first_step_setup(model, tokenizer)
     calls = []
     handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
@@ -272,3 +314,28 @@ def test_long_prefixes_are_not_fused(lm, monkeypatch):
     monkeypatch.setattr(decoding_module, "FUSED_MASK_LIMIT", 1)
     monkeypatch.setattr(BranchDecoder, "encode_with_branches", None)  # would fail if called
     assert [(p.counts, [m.text for m in p.mentions]) for p in decoding(texts)] == fused
+
+
+def test_sliding_window_model_decodes_exactly_within_its_window(tiny_gemma3_dir):
+    """Gemma 3 (the Chinese base) mixes sliding-window and global layers; the
+    engine's masks are exact while sequences fit the window, and the pipe
+    counts its context only up to the window."""
+    from ..conftest import TINY_SLIDING_WINDOW, make_nlp
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma3_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir).eval()
+    assert model.config.max_position_embeddings > TINY_SLIDING_WINDOW
+    stop, _, engine, texts, prefixes, suffixes = first_step_setup(model, tokenizer)
+    _, fused = engine.encode_with_branches(prefixes, suffixes, max_new_tokens=6)
+    unfused = engine.decode(engine.encode_prefixes(prefixes), [i for i in range(len(texts)) for _ in suffixes],
+                            [s for _ in texts for s in suffixes], max_new_tokens=6)
+    branches = [(i, s) for i in range(len(texts)) for s in suffixes]
+    for (i, suffix), a, b in zip(branches, fused, unfused):
+        assert len(prefixes[i] + suffix) + 6 <= TINY_SLIDING_WINDOW
+        tokens, logprobs = naive_generate(model, prefixes[i] + suffix, 6, stop)
+        assert a.token_ids == b.token_ids == tokens
+        assert a.logprobs == pytest.approx(logprobs, abs=1e-4)
+        assert b.logprobs == pytest.approx(logprobs, abs=1e-4)
+    nlp = make_nlp(tiny_gemma3_dir)
+    nlp.initialize()
+    assert nlp.get_pipe("padellm_ner").context_length() == TINY_SLIDING_WINDOW

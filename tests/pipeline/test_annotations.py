@@ -118,3 +118,24 @@ def test_add_label_extends_default_labels(tiny_model_dir):
     pipe = nlp.get_pipe("padellm_ner")
     assert pipe.add_label("FOO") == 1 and pipe.add_label("PER") == 0
     assert pipe.labels == ("PER", "ORG", "LOC", "MISC", "FOO")
+
+
+def test_chinese_mentions_land_on_character_tokens(tiny_model_dir):
+    """spacy.blank("zh") makes one token per character; mentions are placed
+    without spaces or word boundaries, repeated ones on later occurrences."""
+    from ..conftest import ScriptedDecoding, make_nlp
+
+    nlp = make_nlp(tiny_model_dir, lang="zh", labels=["NAME", "ORG", "LOC"])
+    nlp.initialize()
+    text = "吴重阳，中国国籍，毕业于中国人民大学，现居北京。北京大学教授。"
+    nlp.get_pipe("padellm_ner")._decoder = ScriptedDecoding(
+        {text: [("NAME", 1, "吴重阳", 0.9), ("ORG", 1, "中国人民大学", 0.8), ("ORG", 2, "北京大学", 0.7),
+                ("LOC", 1, "北京", 0.6), ("LOC", 2, "北京", 0.6), ("LOC", 3, "上海", 0.5)]}
+    )
+    doc = nlp(text)
+    assert all(len(token) == 1 for token in doc)
+    spans = sorted((s.start, s.end, s.label_) for s in doc.spans["padellm"])
+    assert spans == [(0, 3, "NAME"), (12, 18, "ORG"), (21, 23, "LOC"), (24, 26, "LOC"), (24, 28, "ORG")]
+    # the flat view drops the LOC nested in the ORG; the hallucinated 上海 is counted
+    assert [(e.text, e.label_) for e in doc.ents] == [("吴重阳", "NAME"), ("中国人民大学", "ORG"), ("北京", "LOC"), ("北京大学", "ORG")]
+    assert doc._.padellm["fallbacks"]["hallucinated_mentions"] == 1

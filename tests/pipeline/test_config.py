@@ -1,4 +1,5 @@
 """Registration and configuration-time errors."""
+import json
 import subprocess
 from pathlib import Path
 import sys
@@ -51,6 +52,7 @@ def test_config_round_trips_through_config_string(tiny_model_dir):
         ({"labels": ["PER", "PER"]}, "E2007"),
         ({"labels": ["PER"], "label_definitions": {"ORG": "companies"}}, "E2006"),
         ({"template": "ner.v99"}, "E2018"),
+        ({"zero_count_penalty": -1.0}, "E2040"),
     ],
 )
 def test_bad_config_is_rejected_clearly(config, code):
@@ -138,3 +140,55 @@ def test_shipped_config_builds_and_assembles(tiny_model_dir, tmp_path):
     assert pipe.cfg["label_definitions"] == {}
     nlp.to_disk(tmp_path / "assembled")
     assert spacy.load(tmp_path / "assembled").pipe_names == ["padellm_ner"]
+
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.cfg"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_builds_and_reads_its_corpora(path, tiny_model_dir, tmp_path):
+    """What `spacy init fill-config` and `spacy debug config` check, plus the
+    corpora: each config builds its pipeline and its readers read JSONL."""
+    config = spacy.util.load_config(path, interpolate=False)
+    lang = config["nlp"]["lang"]
+    row = ["吴重阳，中国国籍。", [0, 2, "吴重阳", "NAME"]] if lang == "zh" else ["Japan won .", [0, 0, "Japan", "LOC"]]
+    lines = 3
+    if "genia" in path.name:  # end exclusive; one file split by line ranges
+        row, lines = ["Japan won .", [0, 1, "Japan", "LOC"]], 1669
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(row, ensure_ascii=False) for _ in range(lines)), encoding="utf8")
+    overrides = {f"paths.{key}": str(data) for key in config["paths"] if key in ("train", "dev", "data")}
+    if "padellm_ner" in config["components"]:
+        overrides.update({
+            "components.padellm_ner.model.name": str(tiny_model_dir),
+            "components.padellm_ner.model.package": None,
+            "components.padellm_ner.model.gguf_file": None,
+        })
+    config = spacy.util.load_config(path, overrides=overrides, interpolate=True)
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    if not config.get("corpora"):  # an inference config
+        assert nlp.pipe_names == ["padellm_ner"]
+        return
+    corpora = spacy.registry.resolve(config["corpora"])
+    sizes = {}
+    for name in ("train", "dev"):
+        examples = list(corpora[name](nlp))
+        assert examples and len(examples[0].reference.ents) == 1, name
+        sizes[name] = len(examples)
+    if "genia" in path.name:
+        assert sizes == {"train": 1269, "dev": 200}  # lines 1470-1669 stay held out
+
+
+def test_project_yml_is_valid_and_names_existing_configs():
+    from weasel.util import load_project_config
+
+    root = Path(__file__).parents[2]
+    project = load_project_config(root)
+    names = {command["name"] for command in project["commands"]}
+    for workflow, steps in project["workflows"].items():
+        assert set(steps) <= names, workflow
+    for command in project["commands"]:
+        for dep in command.get("deps", []):
+            if dep.startswith("configs/"):
+                assert (root / dep).exists(), dep
+    assert {"all", "genia", "chinese", "benchmark"} <= set(project["workflows"])

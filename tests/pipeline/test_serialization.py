@@ -66,6 +66,11 @@ def test_to_disk_and_load_round_trip(memorized_model_dir, tmp_path):
     assert pipe2.labels == ("LOC", "MISC", "PER") and pipe2.cfg["max_count"] == 5
     assert predictions(nlp2) == before
     assert sum(map(len, before)) > 0
+    # an inference setting overridden at load time wins over the saved one
+    nlp3 = spacy.load(tmp_path / "pipeline", config={"components": {"padellm_ner": {"max_count": 1}}})
+    pipe3 = nlp3.get_pipe("padellm_ner")
+    assert pipe3.cfg["max_count"] == 1 and pipe3.labels == ("LOC", "MISC", "PER")
+    assert all(len(spans) <= 3 for spans in predictions(nlp3))  # one per label at most
 
 
 def test_adapter_is_applied_saved_and_reloaded(memorized_model_dir, adapter_dir, tmp_path):

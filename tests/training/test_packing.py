@@ -20,6 +20,13 @@ def lm(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def any_lm(request, tiny_model_dir, tiny_gemma3_dir):
+    """Llama, and Gemma 3 (sliding-window layers: the Chinese base)."""
+    path = tiny_gemma3_dir if request.param == "gemma3" else tiny_model_dir
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
 def test_branches_follow_the_reformulation(lm):
     _, tokenizer = lm
     prompts = PromptTokenizer(tokenizer, PromptTemplate())
@@ -39,8 +46,8 @@ def test_branches_follow_the_reformulation(lm):
 
 
 @pytest.mark.parametrize("row_tokens", [1, 1024], ids=["one-text-per-row", "texts-share-rows"])
-def test_packed_loss_equals_separate_loss(lm, row_tokens):
-    model, tokenizer = lm
+def test_packed_loss_equals_separate_loss(any_lm, row_tokens):
+    model, tokenizer = any_lm
     prompts = PromptTokenizer(tokenizer, PromptTemplate())
     items = [make_item(doc, prompts, LABELS, "padellm", 16) for doc in gold_docs()]
     packed = pack(items, tokenizer.pad_token_id, row_tokens=row_tokens)
