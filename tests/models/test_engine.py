@@ -254,11 +254,11 @@ class _ScriptedEngine:
         ids = self.ids(text)
         return Generation(ids, [0.0] * len(ids), text.endswith("\n"))
 
-    def encode_with_branches(self, prefixes, suffixes, max_new_tokens):
+    def encode_with_branches(self, prefixes, suffixes, max_new_tokens, first_token_bias=None):
         self.calls.append(("first", len(suffixes)))
         return "cache", [self._gen(self.first[i % len(self.first)]) for i in range(len(prefixes) * len(suffixes))]
 
-    def decode(self, prefixes, text_index, suffixes, max_new_tokens):
+    def decode(self, prefixes, text_index, suffixes, max_new_tokens, first_token_bias=None):
         self.calls.append(("decode", len(suffixes)))
         limits = [max_new_tokens] * len(suffixes) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         return [self._gen(self.rest if limit < 4 else "x\n") for limit in limits]

@@ -81,7 +81,7 @@ def test_a_line_cut_by_the_token_bound_keeps_its_complete_pairs(tiny_model_dir):
     ids = tokenizer("LOC: Japan; MISC: Asian", add_special_tokens=False)["input_ids"]
 
     class CutEngine:
-        def encode_with_branches(self, prefixes, suffixes, max_new_tokens):
+        def encode_with_branches(self, prefixes, suffixes, max_new_tokens, first_token_bias=None):
             return None, [Generation(ids, [0.0] * len(ids), False) for _ in prefixes]
 
     decoding = AutoregressiveDecoding(CutEngine(), PromptTokenizer(tokenizer, PromptTemplate()), LABELS, max_new_tokens=len(ids))

@@ -20,11 +20,11 @@ class GarbageEngine:
     def encode_prefixes(self, prefixes):
         return None
 
-    def encode_with_branches(self, prefixes, suffixes, max_new_tokens):
+    def encode_with_branches(self, prefixes, suffixes, max_new_tokens, first_token_bias=None):
         every = [s for _ in prefixes for s in suffixes]
         return None, self.decode(None, [0] * len(every), every, max_new_tokens)
 
-    def decode(self, prefixes, text_index, suffixes, max_new_tokens):
+    def decode(self, prefixes, text_index, suffixes, max_new_tokens, first_token_bias=None):
         limits = [max_new_tokens] * len(suffixes) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         out = []
         for suffix, limit in zip(suffixes, limits):
