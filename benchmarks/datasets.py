@@ -1,7 +1,9 @@
 """Collect `spacy evaluate` results of several trained pipelines (issue 6:
 GENIA nested, Resume, Weibo; and CoNLL-03) into one table and one figure.
 
-Each `--result NAME=METRICS_JSON[:NOTE]` is the `--output` of `spacy evaluate`.
+Each `--result NAME=METRICS_JSON[:NOTE]` is the `--output` of `spacy evaluate`,
+or the `meta.json` of a `spacy train` output (its "performance": the scores of
+the training-time evaluation on the dev corpus of the config).
 Writes `<out>.json`, `<out>.md` and `<out>.png` (span-group P/R/F per
 dataset, nested recall where the gold spans nest).
 
@@ -27,7 +29,8 @@ SPANS = "spans_padellm"
 def parse_result(value: str) -> Dict[str, Any]:
     name, rest = value.split("=", 1)
     path, _, note = rest.partition(":")
-    metrics = json.loads(Path(path).read_text())
+    data = json.loads(Path(path).read_text())
+    metrics = data.get("performance", data)  # meta.json of a trained pipeline
     return {"name": name, "path": path, "note": note, "metrics": metrics}
 
 
@@ -44,8 +47,8 @@ def markdown(report: Dict[str, Any]) -> str:
         "ents: the flat view in `doc.ents`. Nested recall: gold spans that contain or lie "
         "inside another gold span, predicted with their label.",
         "",
-        "| dataset | evaluated on | span P | span R | span F | ents F | nested recall | words/s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| dataset | evaluated on | span P | span R | span F | ents P | ents R | ents F | nested recall | words/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report["results"]:
         m = r["metrics"]
@@ -55,8 +58,9 @@ def markdown(report: Dict[str, Any]) -> str:
             nested = f"{pct(m, f'{SPANS}_nested_r')} ({found} of {m[f'{SPANS}_nested_n']})"
         speed = m.get("speed")
         lines.append(
-            f"| {r['name']} | {r['note']} | {pct(m, f'{SPANS}_p')} | {pct(m, f'{SPANS}_r')} | **{pct(m, f'{SPANS}_f')}** "
-            f"| {pct(m, 'ents_f')} | {nested} | {'–' if speed is None else f'{speed:.0f}'} |"
+            f"| {r['name']} | {r['note']} | {pct(m, f'{SPANS}_p')} | {pct(m, f'{SPANS}_r')} | {pct(m, f'{SPANS}_f')} "
+            f"| {pct(m, 'ents_p')} | {pct(m, 'ents_r')} | {pct(m, 'ents_f')} | {nested} "
+            f"| {'–' if speed is None else f'{speed:.0f}'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -68,17 +72,18 @@ def plot(report: Dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     results: List[Dict[str, Any]] = report["results"]
-    keys = [("p", "span P"), ("r", "span R"), ("f", "span F"), ("nested_r", "nested recall")]
+    keys = [("p", "P"), ("r", "R"), ("f", "F"), ("nested_r", "nested recall")]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / len(keys)
     for k, (key, label) in enumerate(keys):
-        values = [100 * (r["metrics"].get(f"{SPANS}_{key}") or 0) for r in results]
+        # the span group where it was scored, else the flat ents
+        values = [100 * (r["metrics"].get(f"{SPANS}_{key}", r["metrics"].get(f"ents_{key}")) or 0) for r in results]
         xs = [i + k * width for i in range(len(results))]
         ax.bar(xs, values, width, label=label)
     ax.set_xticks([i + 1.5 * width for i in range(len(results))], [r["name"] for r in results], fontsize=8)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
-    save_figure(fig, ax, f"padellm_ner, span group scores ({report['date']})", path)
+    save_figure(fig, ax, f"padellm_ner after short CPU training ({report['date']})", path)
 
 
 def main() -> None:
