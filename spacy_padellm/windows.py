@@ -24,7 +24,7 @@ def split_windows(doc: Doc, count_tokens: Callable[[str], int], budget: int) -> 
     if count_tokens(text) <= budget:
         return [(0, len(text))]
     windows: List[Tuple[int, int]] = []
-    start, used = None, 0
+    start, used, prev_end = None, 0, 0
     for unit_start, unit_end in _units(doc):
         size = count_tokens(text[unit_start:unit_end])
         if size > budget:
