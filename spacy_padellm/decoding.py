@@ -87,8 +87,14 @@ class ParallelDecoding:
         self.max_count = max_count
         self.max_count_tokens = max_count_tokens
         self.max_mention_tokens = max_mention_tokens
-        self.zero_count_penalty = zero_count_penalty
-        self._count_bias: Optional[Dict[int, float]] = None
+        # Logit bias of the count's first token: -zero_count_penalty on the
+        # tokens that start count 0. Most (text, label) branches of the
+        # training data have count 0, and the recall a fine-tuned model loses
+        # is lost there (counts too low, README); a penalty trades a little
+        # precision for that recall without retraining.
+        self.count_bias: Optional[Dict[int, float]] = None
+        if zero_count_penalty:
+            self.count_bias = {i: -float(zero_count_penalty) for i in zero_count_token_ids(self.tokenizer)}
         # Both exact. Fusion saves a forward call at no extra work and is
         # always on (off only for the benchmark's ablation). Speculation saves
         # a forward call but re-encodes each label branch behind the prefix;
@@ -106,19 +112,6 @@ class ParallelDecoding:
     def prefix_ids(self, text: str) -> List[int]:
         return self.prompts.prefix(text)
 
-    def count_bias(self) -> Optional[Dict[int, float]]:
-        """Logit bias of the count's first token: `-zero_count_penalty` on
-        the tokens that start count 0. Most (text, label) branches of the
-        training data have count 0, and the recall a fine-tuned model loses
-        is lost there (counts too low, README); a penalty trades a little
-        precision for that recall without retraining."""
-        if not self.zero_count_penalty:
-            return None
-        if self._count_bias is None:
-            penalty = -float(self.zero_count_penalty)
-            self._count_bias = {i: penalty for i in zero_count_token_ids(self.tokenizer)}
-        return self._count_bias
-
     def __call__(self, texts: Sequence[str]) -> List[TextPrediction]:
         if not texts:
             return []
@@ -131,7 +124,7 @@ class ParallelDecoding:
             [self.prompts.count_branch(label) for label in self.labels],
             1 if speculate else self.max_count_tokens,
             fused=self.fused_prefill,
-            first_token_bias=self.count_bias(),
+            first_token_bias=self.count_bias,
         )
         done: Dict[MentionKey, Generation] = {}
         if speculate:

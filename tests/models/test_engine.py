@@ -106,7 +106,7 @@ def test_parallel_decoding_matches_naive_two_steps(lm):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_zero_count_penalty_never_starts_a_count_with_zero(lm, fused):
+def test_zero_count_penalty_never_starts_a_count_with_zero(lm, fused, memorized_model_dir):
     model, tokenizer = lm
     stop = stop_token_ids(tokenizer)
     prompts = PromptTokenizer(tokenizer, PromptTemplate())
@@ -132,6 +132,14 @@ def test_zero_count_penalty_never_starts_a_count_with_zero(lm, fused):
         assert after.token_ids[0] == int(log_p.argmax())
         assert after.logprobs[0] == pytest.approx(float(log_p.max()), abs=1e-4)
     assert started_with_zero  # the memorized model predicts count 0 somewhere
+    # the component's setting reaches the count step as this bias
+    from ..conftest import make_nlp
+
+    nlp = make_nlp(memorized_model_dir, zero_count_penalty=2.5)
+    nlp.initialize()
+    pipe = nlp.get_pipe("padellm_ner")
+    pipe._prompts()  # builds the decoder
+    assert pipe._decoder.count_bias == {i: -2.5 for i in zeros}
 
 
 def test_prefix_is_encoded_once_per_text(lm):
