@@ -354,6 +354,7 @@ class PaDeLLMNER(TrainablePipe):
             return preds
         self.shim.ensure_fork_safe()
         self._ensure_loaded()
+        self.shim.merge_for_inference()
         items: List[Tuple[int, int, str]] = []
         for i, doc in enumerate(docs):
             if not doc.text.strip():

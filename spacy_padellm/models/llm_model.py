@@ -36,6 +36,11 @@ class LocalCausalLM:
         batch_size: int = 8,
     ) -> None:
         self.model, tokenizer = load_model(source, dtype, device, adapter)
+        if hasattr(self.model, "merge_and_unload"):
+            # Only ever predicts: fold the adapter into the base weights, which
+            # saves the adapter's extra kernels at every step (see
+            # CausalLMShim.merge_for_inference).
+            self.model = self.model.merge_and_unload()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:

@@ -61,6 +61,37 @@ def test_lora_trains_only_the_adapter_and_saves_only_it(tiny_model_dir, tmp_path
     assert [[(s.start, s.end, s.label_) for s in d.spans["padellm"]] for d in loaded.pipe([t for t, _ in MEMORIZED])] == predictions
 
 
+def test_adapter_is_merged_for_inference_and_unmerged_for_training(tiny_model_dir, tmp_path):
+    nlp = make_nlp(tiny_model_dir, labels=["LOC", "MISC", "PER"])
+    examples = examples_for(nlp)
+    nlp.initialize(lambda: examples)
+    train(nlp, examples, 10, 0.01)
+    assert not nlp.get_pipe("padellm_ner").shim._merged, "never merged while training"
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p")
+    shim = loaded.get_pipe("padellm_ner").shim
+    ids = torch.tensor([shim.tokenizer(MEMORIZED[0][0])["input_ids"]])
+
+    def state():
+        with torch.no_grad():
+            logits = shim.model(input_ids=ids).logits
+        merged = any(getattr(m, "merged", False) for m in shim.model.modules())
+        return logits, merged
+
+    unmerged, merged = state()
+    assert not merged
+    list(loaded.pipe([text for text, _ in MEMORIZED]))
+    after_predict, merged = state()
+    assert merged and torch.allclose(after_predict, unmerged, atol=1e-4)
+    adapter = {k: v.clone() for k, v in shim.model.state_dict().items() if "lora_" in k}
+    # The pipe's own update with no optimizer: a gradient, no step.
+    loaded.get_pipe("padellm_ner").update(examples_for(loaded), sgd=None)
+    shim.model.eval()
+    after_unmerge, merged = state()
+    assert not merged and torch.allclose(after_unmerge, unmerged, atol=1e-4)
+    assert all(torch.equal(v, adapter[k]) for k, v in shim.model.state_dict().items() if "lora_" in k)
+
+
 def test_update_skips_empty_docs(tiny_model_dir):
     nlp = make_nlp(tiny_model_dir)
     nlp.initialize()
