@@ -109,13 +109,19 @@ class CausalLMShim(PyTorchShim):
         products, a scaling and an addition to each decoding step; decoding
         is bound by those kernel launches (on an H100, merging made PaDeLLM
         decoding of CoNLL-03 dev 2.0x faster). The adapter's own weights are
-        kept, so saving still writes the adapter only, and
-        `prepare_for_training` unmerges before the first update. In float32
-        the merged model computes the same function up to rounding; in
-        bfloat16 the rounding of the merged weights changes a prediction now
-        and then (3 of 384 CoNLL-03 dev sentences on the H100).
+        kept: saving writes the adapter only, and `prepare_for_training`
+        unmerges before the first update (after which this session predicts
+        unmerged). In float32 the merged model computes the same function up
+        to rounding. In bfloat16 the merged weights round differently (3 of
+        384 CoNLL-03 dev sentences changed on the H100), and unmerging leaves
+        the base off by that rounding, so a pipeline that predicts and then
+        trains in bfloat16 trains on a base a rounding away from the one it
+        loads with. Models with fully fine-tuned weights are never merged:
+        their base weights are saved.
         """
-        if self.trainable or self._merged or not self.merge_when_predicting or not self.has_adapter:
+        if self.trainable or self._merged or not self.merge_when_predicting:
+            return
+        if self._full_weights or not self.has_adapter or not hasattr(self._model, "merge_adapter"):
             return
         self.model.merge_adapter()
         self._merged = True

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import spacy
-from thinc.api import Config
+from thinc.api import Config, Optimizer
 
 from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
 
@@ -169,6 +169,10 @@ def test_every_shipped_config_builds_and_reads_its_corpora(path, tiny_model_dir,
     if not config.get("corpora"):  # an inference config
         assert nlp.pipe_names == ["padellm_ner"]
         return
+    rate = config["training"]["optimizer"]["learn_rate"]
+    if isinstance(rate, dict) and "total_steps" in rate:  # a decaying schedule ends where training does
+        assert rate["total_steps"] == config["training"]["max_steps"]
+    assert isinstance(spacy.registry.resolve({"o": config["training"]["optimizer"]})["o"], Optimizer)
     corpora = spacy.registry.resolve(config["corpora"])
     sizes = {}
     for name in ("train", "dev"):

@@ -61,35 +61,63 @@ def test_lora_trains_only_the_adapter_and_saves_only_it(tiny_model_dir, tmp_path
     assert [[(s.start, s.end, s.label_) for s in d.spans["padellm"]] for d in loaded.pipe([t for t, _ in MEMORIZED])] == predictions
 
 
+def _logits_and_merged(shim, text):
+    ids = torch.tensor([shim.tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        logits = shim.model(input_ids=ids).logits
+    return logits, any(getattr(m, "merged", False) for m in shim.model.modules())
+
+
 def test_adapter_is_merged_for_inference_and_unmerged_for_training(tiny_model_dir, tmp_path):
     nlp = make_nlp(tiny_model_dir, labels=["LOC", "MISC", "PER"])
     examples = examples_for(nlp)
     nlp.initialize(lambda: examples)
     train(nlp, examples, 10, 0.01)
-    assert not nlp.get_pipe("padellm_ner").shim._merged, "never merged while training"
+    texts = [text for text, _ in MEMORIZED]
+    list(nlp.pipe(texts))  # predicting between updates, as spacy train's evaluation does
+    assert not _logits_and_merged(nlp.get_pipe("padellm_ner").shim, texts[0])[1], "never merged while training"
     nlp.to_disk(tmp_path / "p")
     loaded = spacy.load(tmp_path / "p")
     shim = loaded.get_pipe("padellm_ner").shim
-    ids = torch.tensor([shim.tokenizer(MEMORIZED[0][0])["input_ids"]])
-
-    def state():
-        with torch.no_grad():
-            logits = shim.model(input_ids=ids).logits
-        merged = any(getattr(m, "merged", False) for m in shim.model.modules())
-        return logits, merged
-
-    unmerged, merged = state()
+    unmerged, merged = _logits_and_merged(shim, texts[0])
     assert not merged
-    list(loaded.pipe([text for text, _ in MEMORIZED]))
-    after_predict, merged = state()
+    list(loaded.pipe(texts))
+    after_predict, merged = _logits_and_merged(shim, texts[0])
     assert merged and torch.allclose(after_predict, unmerged, atol=1e-4)
-    adapter = {k: v.clone() for k, v in shim.model.state_dict().items() if "lora_" in k}
+    # Saved while merged: the adapter alone is written, so a reload computes
+    # the same function, not the adapter applied twice.
+    loaded.to_disk(tmp_path / "q")
+    again = spacy.load(tmp_path / "q").get_pipe("padellm_ner").shim
+    assert torch.allclose(_logits_and_merged(again, texts[0])[0], unmerged, atol=1e-4)
     # The pipe's own update with no optimizer: a gradient, no step.
     loaded.get_pipe("padellm_ner").update(examples_for(loaded), sgd=None)
     shim.model.eval()
-    after_unmerge, merged = state()
+    after_unmerge, merged = _logits_and_merged(shim, texts[0])
     assert not merged and torch.allclose(after_unmerge, unmerged, atol=1e-4)
-    assert all(torch.equal(v, adapter[k]) for k, v in shim.model.state_dict().items() if "lora_" in k)
+
+
+def test_fully_fine_tuned_weights_are_never_merged(tiny_model_dir, tmp_path):
+    """A model with an adapter and fully fine-tuned weights saves its base
+    weights, so merging before a save would apply the adapter twice."""
+    nlp = make_nlp(tiny_model_dir, labels=["LOC", "MISC", "PER"])
+    examples = examples_for(nlp)
+    nlp.initialize(lambda: examples)
+    train(nlp, examples, 5, 0.01)  # LoRA
+    nlp.to_disk(tmp_path / "lora")
+    tuned = spacy.load(tmp_path / "lora")
+    tuned.get_pipe("padellm_ner").shim.fine_tuning.mode = "full"
+    train(tuned, examples_for(tuned), 3, 0.01)
+    tuned.to_disk(tmp_path / "full")
+    loaded = spacy.load(tmp_path / "full")
+    shim = loaded.get_pipe("padellm_ner").shim
+    assert shim.has_adapter and shim._full_weights
+    before, _ = _logits_and_merged(shim, MEMORIZED[0][0])
+    list(loaded.pipe([text for text, _ in MEMORIZED]))
+    after, merged = _logits_and_merged(shim, MEMORIZED[0][0])
+    assert not merged and torch.equal(before, after)
+    loaded.to_disk(tmp_path / "again")
+    reloaded = spacy.load(tmp_path / "again").get_pipe("padellm_ner").shim
+    assert torch.allclose(_logits_and_merged(reloaded, MEMORIZED[0][0])[0], before, atol=1e-5)
 
 
 def test_update_skips_empty_docs(tiny_model_dir):
