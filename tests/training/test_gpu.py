@@ -9,7 +9,7 @@ import srsly
 import torch
 
 from ..conftest import MEMORIZED
-from .test_update import ROOT, write_jsonl
+from .test_update import ROOT, tiny_train_overrides, write_jsonl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 if torch.cuda.is_available():
@@ -34,21 +34,14 @@ def test_spacy_train_on_gpu(tiny_model_dir, tmp_path, on_gpu, fine_tuning, mixed
     from spacy.cli.train import train as spacy_train
 
     data = write_jsonl(tmp_path / "train.jsonl")
-    overrides = {
-        "paths.train": str(data),
-        "paths.dev": str(data),
-        "components.padellm_ner.model.name": str(tiny_model_dir),
-        "components.padellm_ner.model.package": None,
-        "components.padellm_ner.model.gguf_file": None,
+    overrides = tiny_train_overrides(data, tiny_model_dir, {
         "components.padellm_ner.model.fine_tuning": fine_tuning,
         "components.padellm_ner.model.dtype": "auto" if fine_tuning == "lora" else "float32",
         "components.padellm_ner.model.mixed_precision": mixed_precision,
         "training.max_steps": 40,
         "training.max_epochs": 0,
         "training.eval_frequency": 20,
-        "training.optimizer.learn_rate": 0.01,
-        "training.batcher.size": 3,
-    }
+    })
     spacy_train(ROOT / "configs" / "smollm2_lora_gpu.cfg", tmp_path / "out", overrides=overrides, use_gpu=0)
     nlp = spacy.load(tmp_path / "out" / "model-last")
     param = next(nlp.get_pipe("padellm_ner").shim.model.parameters())

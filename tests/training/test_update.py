@@ -143,23 +143,33 @@ def write_jsonl(path: Path) -> Path:
     return path
 
 
+def tiny_train_overrides(data: Path, model_dir: Path, settings: dict) -> dict:
+    """`spacy train` overrides for a shipped config: the tiny model instead of
+    the GGUF package, `data` as train and dev, a constant learning rate and
+    small batches, then `settings` on top."""
+    overrides = {
+        "paths.train": str(data),
+        "paths.dev": str(data),
+        "components.padellm_ner.model.name": str(model_dir),
+        "components.padellm_ner.model.package": None,
+        "components.padellm_ner.model.gguf_file": None,
+        "training.optimizer.learn_rate": 0.01,
+        "training.batcher.size": 3,
+    }
+    overrides.update(settings)
+    return overrides
+
+
 def test_spacy_train_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     from spacy.cli.evaluate import evaluate
     from spacy.cli.train import train as spacy_train
 
     data = write_jsonl(tmp_path / "train.jsonl")
-    overrides = {
-        "paths.train": str(data),
-        "paths.dev": str(data),
-        "components.padellm_ner.model.name": str(tiny_model_dir),
-        "components.padellm_ner.model.package": None,
-        "components.padellm_ner.model.gguf_file": None,
+    overrides = tiny_train_overrides(data, tiny_model_dir, {
         "components.padellm_ner.model.fine_tuning": "full",
         "training.max_steps": 30,
         "training.eval_frequency": 15,
-        "training.optimizer.learn_rate": 0.01,
-        "training.batcher.size": 3,
-    }
+    })
     spacy_train(ROOT / "configs" / "smollm2_lora_cpu.cfg", tmp_path / "out", overrides=overrides)
     best = tmp_path / "out" / "model-best"
     assert (best / "padellm_ner" / "model" / "weights.safetensors").exists()
