@@ -1,0 +1,177 @@
+"""Two decoding variants that use the count step's confidence, against the
+shipped rule, chosen on one part of dev and reported on another.
+
+Wrong counts are where recall goes (`count_errors.py`), and they are the
+uncertain ones: the probability of a wrong count is far lower than that of
+a right one. Two ways to use that without retraining:
+
+- joint score: a span's score (which decides label conflicts and the flat
+  selection) is P(count) x P(mention) instead of P(mention);
+- one more mention: where P(count) is below a threshold, also decode the
+  (c+1)-th mention of count c+1, scored (1 - P(count)) x P(mention), so
+  it only fills places no surer span takes.
+
+Every (text, label) is decoded once with its greedy count and once with
+count c+1, so each variant is scored from the same generations
+(`--cache` keeps them). The spans go through the pipe's own alignment,
+conflict rule and flat selection.
+
+    python benchmarks/count_alternatives.py ../shared/data/conll03/dev.jsonl \\
+        --select 0:500 --report 500:1500 --cache training/count_alternatives
+"""
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import spacy
+from spacy.tokens import Doc
+
+from spacy_padellm.alignment import align_mentions
+from spacy_padellm.corpus import make_jsonl_corpus
+from spacy_padellm.decoding import generation_text, parse_count, start_branches
+from spacy_padellm.resolve import resolve_label_conflicts, select_flat
+from spacy_padellm.types import Mention
+
+Record = Dict[str, Any]
+
+
+def line_range(value: str) -> Tuple[int, int]:
+    start, stop = value.split(":")
+    return int(start), int(stop)
+
+
+def decode(pipe: Any, texts: List[str], batch_size: int) -> List[Record]:
+    """Greedy counts with their probabilities, the greedy mentions
+    (extra=0) and the mentions of count c+1 (extra=1)."""
+    dec = pipe._decoder
+    records: List[Record] = []
+    for begin in range(0, len(texts), batch_size):
+        batch = texts[begin : begin + batch_size]
+        prefixes, count_gens = start_branches(
+            dec.engine, [dec.prefix_ids(t) for t in batch], [dec.prompts.count_branch(l) for l in dec.labels], dec.max_count_tokens
+        )
+        found: List[Record] = [{"text": t, "count_prob": {}, "mentions": []} for t in batch]
+        keys = []
+        branches = [(i, label) for i in range(len(batch)) for label in dec.labels]
+        for (i, label), gen in zip(branches, count_gens):
+            count, _ = parse_count(generation_text(dec.tokenizer, gen), dec.max_count)
+            found[i]["count_prob"][label] = gen.probability
+            keys.extend((i, label, count, n, 0) for n in range(1, count + 1))
+            keys.append((i, label, count + 1, count + 1, 1))
+        gens = dec.engine.decode(
+            prefixes,
+            [k[0] for k in keys],
+            [dec.prompts.mention_branch(label, c, n) for _, label, c, n, _ in keys],
+            dec.max_mention_tokens,
+        )
+        for (i, label, _, n, extra), gen in zip(keys, gens):
+            if gen.stopped:
+                text = generation_text(dec.tokenizer, gen)
+                found[i]["mentions"].append({"label": label, "n": n, "extra": extra, "text": text, "prob": gen.probability})
+        records.extend(found)
+        print(f"decoded {len(records)}/{len(texts)}", flush=True)
+    return records
+
+
+def score(records: List[Record], refs: List[Doc], joint: bool, threshold: Optional[float]) -> Dict[str, float]:
+    """Entity P/R/F of one variant, the pipe's annotation rules applied."""
+    tp = fp = fn = 0
+    for record, ref in zip(records, refs):
+        mentions = []
+        for m in record["mentions"]:
+            p_count = record["count_prob"][m["label"]]
+            if m["extra"]:
+                if threshold is None or p_count >= threshold:
+                    continue
+                value = (1.0 - p_count) * m["prob"]
+            else:
+                value = p_count * m["prob"] if joint else m["prob"]
+            mentions.append(Mention(m["label"], m["n"], m["text"], value))
+        char_spans, _ = align_mentions(record["text"], mentions)
+        doc = Doc(ref.vocab, words=[t.text for t in ref], spaces=[bool(t.whitespace_) for t in ref])
+        spans, values = [], []
+        for c in char_spans:
+            span = doc.char_span(c.start, c.end, label=c.label, alignment_mode="expand")
+            if span is not None and len(span):
+                spans.append(span)
+                values.append(c.score)
+        spans, values, _ = resolve_label_conflicts(spans, values)
+        pred = {(s.start, s.end, s.label_) for s in select_flat(spans, values)}
+        gold = {(s.start, s.end, s.label_) for s in ref.ents}
+        tp, fp, fn = tp + len(pred & gold), fp + len(pred - gold), fn + len(gold - pred)
+    p = tp / max(1, tp + fp)
+    r = tp / max(1, tp + fn)
+    return {"ents_p": 100 * p, "ents_r": 100 * r, "ents_f": 100 * 2 * p * r / max(1e-9, p + r)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path, help="JSONL dev file")
+    parser.add_argument("--end", default="inclusive")
+    parser.add_argument("--select", type=line_range, default=(0, 500), help="lines START:STOP to choose on")
+    parser.add_argument("--report", type=line_range, default=(500, 1500), help="lines START:STOP to report on")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cache", type=Path, default=None, help="folder that keeps the decoded generations")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "count_alternatives_cpu")
+    args = parser.parse_args()
+
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("padellm_ner")
+    variants = [("shipped", False, None), ("joint score", True, None)]
+    variants += [(f"joint score, one more mention below P(count) {t}", True, t) for t in args.thresholds]
+    result: Dict[str, Any] = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {platform.system()}",
+        "path": str(args.path),
+        "parts": {},
+    }
+    for part, (start, stop) in (("select", args.select), ("report", args.report)):
+        refs = [eg.reference for eg in make_jsonl_corpus(args.path, end=args.end, skip=start, limit=stop - start)(nlp)]
+        cached = args.cache / f"{start}_{stop}.json" if args.cache else None
+        if cached and cached.exists():
+            records = json.loads(cached.read_text(encoding="utf8"))
+        else:
+            pipe._ensure_loaded()
+            pipe.shim.merge_for_inference()
+            began = time.perf_counter()
+            records = decode(pipe, [d.text for d in refs], args.batch_size)
+            result.setdefault("decode_seconds", {})[part] = time.perf_counter() - began
+            if cached:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps(records), encoding="utf8")
+        if [r["text"] for r in records] != [d.text for d in refs]:
+            raise SystemExit(f"{cached} holds other texts than lines {start}:{stop}; delete it")
+        result["parts"][part] = {"lines": [start, stop], "scores": {name: score(records, refs, joint, t) for name, joint, t in variants}}
+    select = result["parts"]["select"]["scores"]
+    result["chosen"] = max(select, key=lambda name: (select[name]["ents_f"], name == "shipped"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2), encoding="utf8")
+    args.out.with_suffix(".md").write_text(markdown(result), encoding="utf8")
+    print(markdown(result))
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    lines = [
+        f"# Count-confidence decoding variants, shipped default ({result['date']}, {result['machine']})",
+        "",
+        f"{result['path']}; chosen on the select part by ents F: **{result['chosen']}**.",
+        "",
+        "| variant | " + " | ".join(f"{part} {k}" for part in result["parts"] for k in ("P", "R", "F")) + " |",
+        "| --- | " + " | ".join("---:" for _ in result["parts"] for _ in range(3)) + " |",
+    ]
+    names = list(result["parts"]["select"]["scores"])
+    for name in names:
+        cells = [f"{result['parts'][part]['scores'][name][k]:.2f}" for part in result["parts"] for k in ("ents_p", "ents_r", "ents_f")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    parts = ", ".join(f"{part} = lines {v['lines'][0]}-{v['lines'][1]}" for part, v in result["parts"].items())
+    lines += ["", f"Parts: {parts}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
