@@ -14,8 +14,8 @@ retraining:
 Every (text, label) gets its greedy count and mentions, plus the
 (c+1)-th mention under count c+1, so each variant is scored from the same
 generations (`--cache` keeps them, keyed by the pipeline's settings). The
-spans go through the pipe's own alignment, conflict rule and flat
-selection; texts must fit the context (no windows).
+spans go through the pipe's own alignment and `set_annotations`; texts
+must fit the context (no windows).
 
     python benchmarks/count_alternatives.py ../shared/data/conll03/dev.jsonl \\
         --select 0:500 --report 500:1500 --cache training/count_alternatives
@@ -24,19 +24,21 @@ import argparse
 import hashlib
 import json
 import platform
+import sys
 import time
 from datetime import date
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import spacy
 from spacy.tokens import Doc
 
 from spacy_padellm.alignment import align_mentions
 from spacy_padellm.corpus import make_jsonl_corpus
 from spacy_padellm.decoding import generation_text, parse_count, start_branches
-from spacy_padellm.resolve import resolve_label_conflicts, select_flat
-from spacy_padellm.types import Mention
+from spacy_padellm.types import DocPrediction, Mention
+
+sys.path.insert(0, str(Path(__file__).parent))
+import systems  # noqa: E402
 
 Record = Dict[str, Any]
 
@@ -89,9 +91,10 @@ def decode(pipe: Any, texts: List[str], batch_size: int) -> List[Record]:
 
 
 def score(
-    records: List[Record], refs: List[Doc], joint: bool, threshold: Optional[float], alignment_mode: str
+    pipe: Any, records: List[Record], refs: List[Doc], joint: bool, threshold: Optional[float]
 ) -> Dict[str, float]:
-    """Entity P/R/F of one variant, the pipe's annotation rules applied."""
+    """Entity P/R/F of one variant, annotated by the pipe's own
+    `set_annotations`."""
     tp = fp = fn = 0
     for record, ref in zip(records, refs):
         mentions = []
@@ -106,14 +109,8 @@ def score(
             mentions.append(Mention(m["label"], m["n"], m["text"], value))
         char_spans, _ = align_mentions(record["text"], mentions)
         doc = Doc(ref.vocab, words=[t.text for t in ref], spaces=[bool(t.whitespace_) for t in ref])
-        spans, values = [], []
-        for c in char_spans:
-            span = doc.char_span(c.start, c.end, label=c.label, alignment_mode=alignment_mode)
-            if span is not None and len(span):
-                spans.append(span)
-                values.append(c.score)
-        spans, values, _ = resolve_label_conflicts(spans, values)
-        pred = {(s.start, s.end, s.label_) for s in select_flat(spans, values)}
+        pipe.set_annotations([doc], [DocPrediction(spans=char_spans)])
+        pred = {(s.start, s.end, s.label_) for s in doc.ents}
         gold = {(s.start, s.end, s.label_) for s in ref.ents}
         tp, fp, fn = tp + len(pred & gold), fp + len(pred - gold), fn + len(gold - pred)
     p = tp / max(1, tp + fp)
@@ -134,13 +131,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "count_alternatives_cpu")
     args = parser.parse_args()
 
-    if args.pipeline:
-        nlp = spacy.load(args.pipeline)
-    else:
-        nlp = spacy.blank("en")
-        nlp.add_pipe("padellm_ner")
+    nlp = systems.padellm("parallel", args.pipeline).nlp
     pipe = nlp.get_pipe("padellm_ner")
-    mode = pipe.cfg["alignment_mode"]
     settings = json.dumps([args.pipeline, sorted(pipe.cfg.items())], sort_keys=True, default=str)
     key = hashlib.sha1(settings.encode("utf8")).hexdigest()[:10]
     variants = [("shipped", False, None), ("joint score", True, None)]
@@ -169,7 +161,7 @@ def main() -> None:
                 cached.write_text(json.dumps(records), encoding="utf8")
         if [r["text"] for r in records] != [d.text for d in refs]:
             raise SystemExit(f"{cached} holds other texts than lines {start}:{stop}; delete it")
-        scores = {name: score(records, refs, joint, t, mode) for name, joint, t in variants}
+        scores = {name: score(pipe, records, refs, joint, t) for name, joint, t in variants}
         result["parts"][part] = {"lines": [start, start + len(refs)], "scores": scores}
     select = result["parts"]["select"]["scores"]
     result["chosen"] = max(select, key=lambda name: (select[name]["ents_f"], name == "shipped"))

@@ -11,13 +11,15 @@ ignoring case and whitespace).
 """
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
-import spacy
-
 from spacy_padellm.corpus import make_jsonl_corpus
 from spacy_padellm.training import gold_mentions
+
+sys.path.insert(0, str(Path(__file__).parent))
+import systems  # noqa: E402
 
 
 def _loose(string: str) -> str:
@@ -34,11 +36,7 @@ def main() -> None:
     parser.add_argument("--zero-count-penalty", type=float, default=None)
     args = parser.parse_args()
 
-    if args.pipeline:
-        nlp = spacy.load(args.pipeline)
-    else:
-        nlp = spacy.blank("en")
-        nlp.add_pipe("padellm_ner")
+    nlp = systems.padellm("parallel", args.pipeline).nlp
     pipe = nlp.get_pipe("padellm_ner")
     if args.zero_count_penalty is not None:
         pipe.cfg["zero_count_penalty"] = args.zero_count_penalty

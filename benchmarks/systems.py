@@ -49,10 +49,11 @@ class System:
         return None
 
 
-def padellm(mode: str, path: Optional[str] = None, device: Optional[str] = None) -> System:
+def padellm(mode: str, path: Optional[str] = None, device: Optional[str] = None, lang: str = "en") -> System:
     """A PaDeLLM component in `mode`: from a saved pipeline, or from
-    `add_pipe` with the default model and that mode's shipped adapter.
-    `device` (e.g. "cuda:0") places the model without needing cupy."""
+    `add_pipe` on `spacy.blank(lang)` with the default model and that mode's
+    shipped adapter. `device` (e.g. "cuda:0") places the model without
+    needing cupy."""
     if path:
         overrides = {"components.padellm_ner.model.device": device} if device else {}
         system = System(mode, spacy.load(path, config=overrides), "padellm", notes=[f"pipeline {path}"])
@@ -60,7 +61,7 @@ def padellm(mode: str, path: Optional[str] = None, device: Optional[str] = None)
         if decoding != mode:
             raise ValueError(f"{path} decodes {decoding!r}, not {mode!r}")
         return system
-    nlp = spacy.blank("en")
+    nlp = spacy.blank(lang)
     config: dict = {"decoding": mode}
     if device:
         config["model"] = {"@architectures": "spacy_padellm.CausalLM.v1", "device": device}

@@ -13,14 +13,16 @@ for neither.
 import argparse
 import json
 import platform
+import sys
 import time
 from datetime import date
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import spacy
-
 from spacy_padellm.corpus import make_jsonl_corpus
+
+sys.path.insert(0, str(Path(__file__).parent))
+import systems  # noqa: E402
 
 KEYS = ("ents_p", "ents_r", "ents_f", "spans_padellm_p", "spans_padellm_r", "spans_padellm_f")
 
@@ -54,12 +56,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "zero_count_penalty_cpu")
     args = parser.parse_args()
 
-    if args.pipeline:
-        nlp = spacy.load(args.pipeline)
-    else:
-        nlp = spacy.blank(args.lang)
-        nlp.add_pipe("padellm_ner")
-        nlp.initialize()
+    nlp = systems.padellm("parallel", args.pipeline, lang=args.lang).nlp
 
     def read(part: Tuple[int, int]) -> List[Any]:
         corpus = make_jsonl_corpus(args.path, end=args.end, skip=part[0], limit=part[1] - part[0])
