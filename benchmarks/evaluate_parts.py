@@ -1,0 +1,91 @@
+"""Accuracy of a PaDeLLM pipeline on a whole dev file and on parts of it, from one pass.
+
+`spacy evaluate` gives one figure for the whole file. Which dev sentences a
+model was selected on matters when reading that figure (the configs select
+on dev sentences 0-499), so this scores the same predictions over line
+ranges as well, without decoding the file once per range. The whole-file
+scores are what `spacy evaluate` reports for the same pipeline and data.
+
+    python benchmarks/evaluate_parts.py ../shared/data/conll03/dev.jsonl \
+        --pipeline training/conll03/model-last --part 0:500 --part 500:1500 \
+        --out benchmarks/results/my_eval.json
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from spacy.scorer import Scorer
+from spacy.training import Example
+
+from spacy_padellm.corpus import make_jsonl_corpus
+
+sys.path.insert(0, str(Path(__file__).parent))
+import systems  # noqa: E402
+
+SCORE_KEYS = ("ents_p", "ents_r", "ents_f", "ents_per_type")
+PROGRESS_EVERY = 250
+
+
+def parse_part(text: str) -> Tuple[int, int]:
+    try:
+        start, stop = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (0-based lines, STOP excluded), got {text!r}")
+    if not 0 <= start < stop:
+        raise argparse.ArgumentTypeError(f"expected 0 <= START < STOP, got {text!r}")
+    return start, stop
+
+
+def evaluate(nlp: Any, examples: List[Example], parts: List[Tuple[int, int]]) -> Dict[str, Any]:
+    """Decode every example once (as `nlp.evaluate` does), then score the
+    whole list and each part with the pipeline's own scorers."""
+    started = time.perf_counter()
+    for i, (eg, doc) in enumerate(zip(examples, nlp.pipe(eg.predicted for eg in examples)), 1):
+        eg.predicted = doc
+        if i % PROGRESS_EVERY == 0 or i == len(examples):
+            print(f"decoded {i}/{len(examples)} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - started
+    scorer = Scorer(nlp)
+    result: Dict[str, Any] = {k: v for k, v in scorer.score(examples).items() if k in SCORE_KEYS}
+    result["seconds"] = round(seconds, 1)
+    result["parts"] = {}
+    for start, stop in parts:
+        if start >= len(examples):
+            raise ValueError(f"part {start}:{stop} starts past the file's {len(examples)} examples")
+        scores = scorer.score(examples[start:stop])
+        result["parts"][f"{start}-{min(stop, len(examples))}"] = {k: scores[k] for k in ("ents_p", "ents_r", "ents_f")}
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data", type=Path, help="JSONL file in the format of ../shared/data")
+    parser.add_argument("--pipeline", help="saved pipeline (default: the shipped default model)")
+    parser.add_argument("--end", choices=["inclusive", "exclusive"], default="inclusive")
+    parser.add_argument("--part", type=parse_part, action="append", default=[], help="START:STOP, repeatable")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    system = systems.padellm("parallel", args.pipeline)
+    reader = make_jsonl_corpus(args.data, end=args.end)
+    examples = list(reader(system.nlp))
+    result = {
+        "what": f"one nlp.pipe pass over {args.data} ({len(examples)} examples), scored whole and by part",
+        "pipeline": args.pipeline or "shipped default (spacy.blank('en') + add_pipe('padellm_ner'))",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "date": date.today().isoformat(),
+        "parts_note": "parts are 0-based line ranges of the data file, START-STOP with STOP excluded",
+        **evaluate(system.nlp, examples, args.part),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: result[k] for k in ("ents_p", "ents_r", "ents_f", "parts", "seconds")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
