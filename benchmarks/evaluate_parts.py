@@ -70,8 +70,8 @@ def evaluate(nlp: Language, examples: List[Example], parts: List[Tuple[int, int]
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Check the parts against the file before decoding it, since decoding
-    a dev file takes minutes on CPU."""
+    """Read the file, check the parts against it, then decode it once: the
+    check comes first because decoding a dev file takes minutes on CPU."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="JSONL file in the format of ../shared/data")
     parser.add_argument("--pipeline", help="saved pipeline (default: the shipped default model)")
