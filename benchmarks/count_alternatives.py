@@ -28,7 +28,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from spacy.tokens import Doc
 
@@ -39,13 +39,9 @@ from spacy_padellm.types import DocPrediction, Mention
 
 sys.path.insert(0, str(Path(__file__).parent))
 import systems  # noqa: E402
+from line_range import line_range  # noqa: E402
 
 Record = Dict[str, Any]
-
-
-def line_range(value: str) -> Tuple[int, int]:
-    start, stop = value.split(":")
-    return int(start), int(stop)
 
 
 def decode(pipe: Any, texts: List[str], batch_size: int) -> List[Record]:

@@ -31,21 +31,10 @@ from spacy_padellm.corpus import make_jsonl_corpus
 
 sys.path.insert(0, str(Path(__file__).parent))
 import systems  # noqa: E402
+from line_range import line_range  # noqa: E402
 
 SCORE_KEYS = ("ents_p", "ents_r", "ents_f", "ents_per_type", "spans_padellm_p", "spans_padellm_r", "spans_padellm_f")
 PROGRESS_EVERY = 250
-
-
-def parse_part(text: str) -> Tuple[int, int]:
-    """`--part`: a 0-based line range, STOP excluded as in a Python slice,
-    so a part is written as the lines would be sliced."""
-    try:
-        start, stop = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP (0-based lines, STOP excluded), got {text!r}")
-    if not 0 <= start < stop:
-        raise argparse.ArgumentTypeError(f"expected 0 <= START < STOP, got {text!r}")
-    return start, stop
 
 
 def evaluate(nlp: Language, examples: List[Example], parts: List[Tuple[int, int]]) -> Dict[str, Any]:
@@ -77,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--pipeline", help="saved pipeline (default: the shipped default model)")
     parser.add_argument("--end", choices=["inclusive", "exclusive"], default="inclusive")
     parser.add_argument("--lang", default="en", help="language of the default pipeline (zh: character tokens)")
-    parser.add_argument("--part", type=parse_part, action="append", default=[], help="START:STOP, repeatable")
+    parser.add_argument("--part", type=line_range, action="append", default=[], help="START:STOP, repeatable")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     system = systems.padellm("parallel", args.pipeline, lang=args.lang)

@@ -23,13 +23,9 @@ from spacy_padellm.corpus import make_jsonl_corpus
 
 sys.path.insert(0, str(Path(__file__).parent))
 import systems  # noqa: E402
+from line_range import line_range  # noqa: E402
 
 KEYS = ("ents_p", "ents_r", "ents_f", "spans_padellm_p", "spans_padellm_r", "spans_padellm_f")
-
-
-def line_range(value: str) -> Tuple[int, int]:
-    start, stop = value.split(":")
-    return int(start), int(stop)
 
 
 def evaluate(nlp: Any, examples: List[Any], penalty: float) -> Dict[str, Any]:
