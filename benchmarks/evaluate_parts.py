@@ -12,6 +12,9 @@ kept too, for nested data such as GENIA (`--end exclusive`).
     python benchmarks/evaluate_parts.py ../shared/data/conll03/dev.jsonl \
         --pipeline training/conll03/model-last --part 0:500 --part 500:1500 \
         --out benchmarks/results/my_eval.json
+
+`--thresholds 0,0.3,0.5` also scores `doc.ents` at each value of the
+component's `threshold` setting, from the same pass.
 """
 import argparse
 import json
@@ -58,6 +61,35 @@ def evaluate(nlp: Language, examples: List[Example], parts: List[Tuple[int, int]
     return result
 
 
+def threshold_scores(nlp: Language, examples: List[Example], thresholds: List[float],
+                     parts: List[Tuple[int, int]]) -> Dict[str, Any]:
+    """P/R/F of `doc.ents` at each threshold, from the one decoding pass: the
+    ents the component would set with `threshold = t` (the span group's
+    spans of probability >= t, selected as the component selects)."""
+    from spacy_padellm.resolve import select_flat
+
+    pipe = next(p for _, p in nlp.pipeline if hasattr(p, "fallback_counts"))
+    groups = []
+    for eg in examples:
+        group = eg.predicted.spans.get(pipe.spans_key, [])
+        scores = [float(x) for x in group.attrs["scores"]] if len(group) else []
+        groups.append((list(group), scores))
+    scorer = Scorer(nlp)
+    out: Dict[str, Any] = {}
+    for t in thresholds:
+        for eg, (spans, scores) in zip(examples, groups):
+            kept = [k for k, score in enumerate(scores) if score >= t]
+            eg.predicted.ents = select_flat([spans[k] for k in kept], [scores[k] for k in kept])
+        row = {}
+        for start, stop in [(0, len(examples))] + parts:
+            scores_ = scorer.score(examples[start:stop])
+            row[f"{start}-{min(stop, len(examples))}"] = {k: round(100 * scores_[k], 2) for k in ("ents_p", "ents_r", "ents_f")}
+        out[str(t)] = row
+    for eg, (spans, scores) in zip(examples, groups):  # back to what the pipeline set
+        eg.predicted.ents = select_flat(spans, scores)
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Read the file, check the parts against it, then decode it once: the
     check comes first because decoding a dev file takes minutes on CPU."""
@@ -67,6 +99,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--end", choices=["inclusive", "exclusive"], default="inclusive")
     parser.add_argument("--lang", default="en", help="language of the default pipeline (zh: character tokens)")
     parser.add_argument("--part", type=line_range, action="append", default=[], help="START:STOP, repeatable")
+    parser.add_argument("--thresholds", default="", help="comma-separated `threshold` values to score from the same pass")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     system = systems.padellm("parallel", args.pipeline, lang=args.lang)
@@ -82,6 +115,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         "parts_note": "parts are 0-based line ranges of the data file, START-STOP with STOP excluded",
         **evaluate(system.nlp, examples, args.part),
     }
+    if args.thresholds:
+        thresholds = [float(x) for x in args.thresholds.split(",")]
+        result["thresholds"] = threshold_scores(system.nlp, examples, thresholds, args.part)
+        for t, row in result["thresholds"].items():
+            print(f"threshold {t}: " + "; ".join(f"{part} P {v['ents_p']} R {v['ents_r']} F {v['ents_f']}" for part, v in row.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({k: result[k] for k in ("ents_p", "ents_r", "ents_f", "parts", "seconds")}, indent=2))

@@ -137,17 +137,14 @@ class ParallelDecoding:
             count, fallback = parse_count(generation_text(self.tokenizer, gen), self.max_count)
             if fallback:
                 preds[i].fallbacks[fallback] += 1
+            if count >= self.max_count:
+                preds[i].fallbacks["possible_undercounts"] += 1
             preds[i].counts[label] = count
             mention_branches.extend((i, label, count, n) for n in range(1, count + 1))
 
         todo = [key for key in mention_branches if key not in done]
-        gens = self.engine.decode(
-            prefixes,
-            [i for i, _, _, _ in todo],
-            [self.prompts.mention_branch(label, c, n) for _, label, c, n in todo],
-            self.max_mention_tokens,
-        )
-        done.update(zip(todo, gens))
+        suffixes = [self.prompts.mention_branch(label, c, n) for _, label, c, n in todo]
+        done.update(zip(todo, self._decode_bounded(prefixes, [i for i, _, _, _ in todo], suffixes)))
         mention_gens = [done[key] for key in mention_branches]
         add_stats(preds, [b[0] for b in mention_branches], mention_gens)
         for (i, label, _, n), gen in zip(mention_branches, mention_gens):
@@ -157,6 +154,28 @@ class ParallelDecoding:
             text = generation_text(self.tokenizer, gen)
             preds[i].mentions.append(Mention(label, n, text, gen.probability))
         return preds
+
+    def _decode_bounded(
+        self, prefixes: PrefixCache, text_index: Sequence[int], suffixes: Sequence[Sequence[int]]
+    ) -> List[Generation]:
+        """The mention branches, in groups small enough that their key/value
+        caches (each branch holds a copy of its text's) stay under
+        BRANCH_TOKEN_LIMIT tokens, whatever the counts."""
+        mask = getattr(prefixes, "mask", None)
+        width = int(mask.shape[1]) if mask is not None else 0
+        gens: List[Generation] = []
+        begin = 0
+        while begin < len(suffixes):
+            end, tokens = begin, 0
+            while end < len(suffixes):
+                cost = width + len(suffixes[end]) + self.max_mention_tokens
+                if end > begin and tokens + cost > BRANCH_TOKEN_LIMIT:
+                    break
+                tokens += cost
+                end += 1
+            gens.extend(self.engine.decode(prefixes, text_index[begin:end], suffixes[begin:end], self.max_mention_tokens))
+            begin = end
+        return gens
 
     def _finish_counts_with_mentions(
         self, prefixes: PrefixCache, branches: Sequence[Tuple[int, str]], firsts: Sequence[Generation]
@@ -198,6 +217,13 @@ class ParallelDecoding:
                 done[(i, label, speculated[k], n)] = gen
         return finished, done
 
+
+# Most cache slots (branches x their length) that one mention step holds:
+# with SmolLM2-135M in float32 (46 kB of keys and values per slot) about
+# 750 MB. Typical batches stay far below it (16 CoNLL sentences with 2
+# mentions each: about 3,000 slots); it bounds the rare batch whose counts
+# all reach max_count.
+BRANCH_TOKEN_LIMIT = 2**14
 
 # The fused call's attention mask has (texts x length^2) entries, length being
 # a prefix plus all first-step branches; above this many (128 MB of float32)

@@ -10,9 +10,10 @@ from spacy.errors import ErrorsWithCodes
 
 class Warnings(metaclass=ErrorsWithCodes):
     W2001 = ("Docs longer than the model's context ({limit} tokens for the text) "
-            "were split into {n_windows} windows; entities that cross a window "
-            "boundary are lost. Set `max_text_tokens` or split the documents into "
-            "sentences first to silence this warning.")
+            "were split into {n_windows} windows, because `segment_tokens = 0` "
+            "turns segments off; entities that cross a window boundary are lost. "
+            "Leave `segment_tokens` unset (null) to decode docs in segments of "
+            "whole sentences instead.")
     W2002 = ("The loaded adapter was trained with prompt template '{trained}', "
             "but the component uses '{configured}'. Predictions will be poor.")
 
@@ -81,6 +82,36 @@ class Errors(metaclass=ErrorsWithCodes):
             "../shared/data/ relative to the project root).")
     E2039 = ("The corpus reader for '{path}' got skip={skip} and limit={limit}. "
             "Both count lines and must be 0 or more (limit 0 reads to the end).")
+    E2070 = ("`labels` is an empty list. Leave it out (or set it to null) to take the "
+             "labels from `nlp.initialize()`'s examples (PER, ORG, LOC, MISC when "
+             "they have none), or list the labels to predict.")
+    E2071 = ("`threshold` must be a probability between 0 and 1, got {value!r}. "
+             "Spans less probable than it are dropped; 0 keeps every span.")
+    E2072 = ("Cannot read the component's settings from '{path}': {reason}. The "
+             "file was damaged after saving: save the pipeline again with "
+             "`nlp.to_disk`, or restore the file from a copy.")
     E2040 = ("zero_count_penalty must be a number of 0 or more (a log-probability "
             "subtracted from count 0 when a label's count is chosen), got {value!r}. "
             "0 turns it off; larger values predict more entities.")
+    E2050 = ("The LoRA adapter config '{path}' cannot be read: {reason}. The file "
+             "is damaged: save the adapter again (`PeftModel.save_pretrained`, or "
+             "`nlp.to_disk` for a pipeline's adapter) or restore the file from a copy.")
+    E2051 = ("The LoRA adapter directory '{path}' has no weights file "
+             "(adapter_model.safetensors or adapter_model.bin). Files there: {files}. "
+             "Copy the whole directory that `PeftModel.save_pretrained` wrote.")
+    E2052 = ("The LoRA adapter weights '{path}' are truncated or damaged: {reason}. "
+             "Copy the file again (an interrupted download or copy leaves it short) "
+             "or save the adapter again.")
+    E2053 = ("The LoRA adapter in '{path}' was trained for another base model than "
+             "{base}: {count} of its {total} tensors do not fit it, e.g. {example}. "
+             "Pass the base model it was trained on{trained_on}, or an adapter "
+             "trained on this base.")
+    E2054 = ("The model device '{device}' needs CUDA, but this torch build "
+             "({version}) has none. Install a CUDA build of torch "
+             "(https://pytorch.org/get-started/locally/), or set `device = \"cpu\"` "
+             "(or null, to follow `spacy.require_gpu()`/`prefer_gpu()`) in the model config.")
+    E2055 = ("The model device '{device}' is not available: {reason}. Pick a "
+             "visible GPU, or set `device = \"cpu\"` (or null, to follow "
+             "`spacy.require_gpu()`/`prefer_gpu()`) in the model config.")
+    E2056 = ("Unknown model device {device!r} ({reason}). Pass e.g. \"cpu\", \"cuda\" "
+             "or \"cuda:1\", or null to follow `spacy.require_gpu()`/`prefer_gpu()`.")

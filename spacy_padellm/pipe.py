@@ -1,5 +1,6 @@
 """The `padellm_ner` component."""
 import logging
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -16,8 +17,10 @@ from thinc.api import ArgsKwargs, Config, Model, Optimizer
 
 from .alignment import align_mentions
 from .errors import Errors, Warnings
+from .models.hf_calls import LOAD_LOCK
+from .prompt import prompt_text
+from .segments import Segment, TrainedLengths, default_lengths, split_segments
 from .types import ALIGNMENT_MODES, DECODING_MODES, DocPrediction, new_counter
-from .windows import split_windows
 
 logger = logging.getLogger("spacy_padellm")
 
@@ -28,6 +31,12 @@ DEFAULT_MODEL_CONFIG = """
 """
 DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
 EXTENSION = "padellm"
+# `expand` alignment may widen a mention to whole tokens; beyond this many
+# times the mention's length it has grown into other words (a Chinese
+# mention in a sentence that an English tokenizer keeps as one token).
+MAX_EXPANSION = 3
+# Training texts whose lengths set the segment budget (the first ones read).
+MAX_LENGTH_SAMPLE = 20000
 
 
 def install_extensions() -> None:
@@ -52,10 +61,13 @@ def install_extensions() -> None:
         "max_mention_tokens": 24,
         "zero_count_penalty": 0.0,
         "max_text_tokens": None,
+        "segment_tokens": None,
         "batch_size": 16,
         "alignment_mode": "expand",
         "annotate_ents": True,
         "overwrite_ents": False,
+        "threshold": 0.0,
+        "keep_below_threshold": False,
         "scorer": {"@scorers": "spacy_padellm.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -74,10 +86,13 @@ def make_padellm_ner(
     max_mention_tokens: int,
     zero_count_penalty: float,
     max_text_tokens: Optional[int],
+    segment_tokens: Optional[int],
     batch_size: int,
     alignment_mode: str,
     annotate_ents: bool,
     overwrite_ents: bool,
+    threshold: float,
+    keep_below_threshold: bool,
     scorer: Optional[Callable],
 ) -> "PaDeLLMNER":
     """Named entities from a causal LM with PaDeLLM-NER parallel decoding.
@@ -98,10 +113,13 @@ def make_padellm_ner(
         max_mention_tokens=max_mention_tokens,
         zero_count_penalty=zero_count_penalty,
         max_text_tokens=max_text_tokens,
+        segment_tokens=segment_tokens,
         batch_size=batch_size,
         alignment_mode=alignment_mode,
         annotate_ents=annotate_ents,
         overwrite_ents=overwrite_ents,
+        threshold=threshold,
+        keep_below_threshold=keep_below_threshold,
         scorer=scorer,
     )
 
@@ -133,8 +151,19 @@ def _check_labels(labels: Sequence[str], definitions: Dict[str, str]) -> None:
         raise ValueError(Errors.E2006.format(extra=extra))
 
 
+def _read_cfg(path: Path) -> Dict[str, Any]:
+    """The component's saved `cfg`, or an error that names the file."""
+    try:
+        cfg = srsly.read_json(path)
+    except ValueError as err:
+        raise ValueError(Errors.E2072.format(path=path, reason=f"not valid JSON ({err})")) from err
+    if not isinstance(cfg, dict):
+        raise ValueError(Errors.E2072.format(path=path, reason="not a JSON object"))
+    return cfg
+
+
 # The cfg entries that `initialize` or `add_label` set, which no config holds.
-LEARNED_CFG = ("labels", "labels_configured")
+LEARNED_CFG = ("labels", "labels_configured", "trained_text_tokens")
 
 
 class PaDeLLMNER(TrainablePipe):
@@ -162,10 +191,13 @@ class PaDeLLMNER(TrainablePipe):
         max_mention_tokens: int = 24,
         zero_count_penalty: float = 0.0,
         max_text_tokens: Optional[int] = None,
+        segment_tokens: Optional[int] = None,
         batch_size: int = 16,
         alignment_mode: str = "expand",
         annotate_ents: bool = True,
         overwrite_ents: bool = False,
+        threshold: float = 0.0,
+        keep_below_threshold: bool = False,
         scorer: Optional[Callable] = None,
     ) -> None:
         from .prompt import PromptTemplate
@@ -183,6 +215,12 @@ class PaDeLLMNER(TrainablePipe):
             _check_positive(key, value)
         if max_text_tokens is not None:
             _check_positive("max_text_tokens", max_text_tokens)
+        if segment_tokens is not None and segment_tokens != 0:
+            _check_positive("segment_tokens", segment_tokens)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(Errors.E2071.format(value=threshold))
+        if labels is not None and len(labels) == 0:
+            raise ValueError(Errors.E2070)
         if isinstance(zero_count_penalty, bool) or not isinstance(zero_count_penalty, (int, float)) or zero_count_penalty < 0:
             raise ValueError(Errors.E2040.format(value=zero_count_penalty))
         definitions = dict(label_definitions or {})
@@ -206,10 +244,14 @@ class PaDeLLMNER(TrainablePipe):
             "max_mention_tokens": max_mention_tokens,
             "zero_count_penalty": float(zero_count_penalty),
             "max_text_tokens": max_text_tokens,
+            "segment_tokens": segment_tokens,
+            "trained_text_tokens": None,
             "batch_size": batch_size,
             "alignment_mode": alignment_mode,
             "annotate_ents": annotate_ents,
             "overwrite_ents": overwrite_ents,
+            "threshold": float(threshold),
+            "keep_below_threshold": bool(keep_below_threshold),
         }
         if decoding != "parallel":
             from .models.architectures import use_default_adapter
@@ -258,12 +300,17 @@ class PaDeLLMNER(TrainablePipe):
 
     def _ensure_loaded(self) -> None:
         """The component works straight after `add_pipe`: the base model loads
-        on first use when `initialize` was not called."""
-        if not self.is_loaded:
-            logger.info("Loading the model of '%s' on first use", self.name)
-            self.model.initialize()
-        if self._decoder is None:
-            self._decoder = self._build_decoder()
+        on first use when `initialize` was not called. Threads that reach
+        it at once wait for one load: the lock is the one every load of the
+        process holds (`models/hf_calls.py`)."""
+        if self._decoder is not None and self.is_loaded:
+            return
+        with LOAD_LOCK:
+            if not self.is_loaded:
+                logger.info("Loading the model of '%s' on first use", self.name)
+                self.model.initialize()
+            if self._decoder is None:
+                self._decoder = self._build_decoder()
 
     @property
     def max_structured_tokens(self) -> int:
@@ -335,18 +382,55 @@ class PaDeLLMNER(TrainablePipe):
 
     # --- prediction ---------------------------------------------------------
     def _count_tokens(self, text: str) -> int:
-        return len(self.shim.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._count_many([text])[0]
 
-    def _windows(self, doc: Doc) -> List[Tuple[int, int]]:
-        if self._text_budget is None:
-            return [(0, len(doc.text))]
-        return split_windows(doc, self._count_tokens, self._text_budget)
+    def _count_many(self, texts: Sequence[str]) -> List[int]:
+        """Model tokens of each text, in one batched tokenizer call."""
+        if not texts:
+            return []
+        ids = self.shim.tokenizer([prompt_text(t) for t in texts], add_special_tokens=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    @property
+    def segment_budget(self) -> Optional[int]:
+        """Most model tokens of text per segment; None: docs are not
+        segmented (`segment_tokens = 0`). The configured `segment_tokens`,
+        else what `initialize` derived from the training texts, else the
+        shipped model's; never more than the context leaves (`max_text_tokens`)."""
+        configured = self.cfg.get("segment_tokens")
+        if configured == 0:
+            return None
+        return self._within_context(configured or self.trained_lengths.budget)
+
+    @property
+    def sentence_limit(self) -> int:
+        """The longest sentence decoded whole: the longest training text
+        (what `initialize` saw, else the shipped model's), within the context."""
+        return self._within_context(self.trained_lengths.longest)
+
+    @property
+    def trained_lengths(self) -> TrainedLengths:
+        learned = self.cfg.get("trained_text_tokens")
+        return TrainedLengths(*learned) if learned else default_lengths()
+
+    def _within_context(self, tokens: int) -> int:
+        return min(tokens, self._text_budget) if self._text_budget else tokens
+
+    def _segments(self, doc: Doc) -> List[Segment]:
+        budget = self.segment_budget
+        if budget is not None:
+            piece = self._within_context(self.trained_lengths.piece)
+            return split_segments(doc, self._count_many, budget, self.sentence_limit, piece)
+        if self._text_budget is not None:
+            return split_segments(doc, self._count_many, self._text_budget)
+        return [Segment(0, len(doc.text), 0, len(doc.text))]
 
     def predict(self, docs: Iterable[Doc]) -> List[DocPrediction]:
         """Decode every doc; one `DocPrediction` per doc, in order.
 
-        Empty and whitespace-only docs are not sent to the model. Docs longer
-        than the context are decoded in windows (counted as `windowed_docs`).
+        Each doc is decoded in segments of whole sentences (see
+        `segments.py`); the segments of all docs are batched together.
+        Empty and whitespace-only docs are not sent to the model.
         """
         docs = list(docs)
         preds = [DocPrediction(fallbacks=Counter()) for _ in docs]
@@ -355,51 +439,68 @@ class PaDeLLMNER(TrainablePipe):
         self.shim.ensure_fork_safe()
         self._ensure_loaded()
         self.shim.merge_for_inference()
-        items: List[Tuple[int, int, str]] = []
+        items: List[Tuple[int, Segment]] = []
+        doc_texts = [doc.text for doc in docs]  # `Doc.text` joins every token on each call
         for i, doc in enumerate(docs):
-            if not doc.text.strip():
-                continue
-            windows = self._windows(doc)
-            if len(windows) > 1:
-                preds[i].fallbacks["windowed_docs"] += 1
-            items.extend((i, start, doc.text[start:end]) for start, end in windows)
+            segments = self._segments(doc)
+            preds[i].segments = len(segments)
+            if len(segments) > 1:
+                preds[i].fallbacks["segmented_docs" if self.segment_budget else "windowed_docs"] += 1
+            items.extend((i, segment) for segment in segments)
         size = self.cfg["batch_size"]
         for begin in range(0, len(items), size):
             chunk = items[begin : begin + size]
-            for (i, offset, text), text_pred in zip(chunk, self._decoder([t for _, _, t in chunk])):
-                spans, counts = align_mentions(text, text_pred.mentions, offset)
-                preds[i].spans.extend(spans)
+            texts = [prompt_text(doc_texts[i][seg.start : seg.end]) for i, seg in chunk]
+            for (i, seg), text, text_pred in zip(chunk, texts, self._decoder(texts)):
+                spans, counts = align_mentions(text, text_pred.mentions, seg.start)
+                preds[i].spans.extend(span for span in spans if seg.keeps(span.start))
                 preds[i].fallbacks.update(text_pred.fallbacks)
                 preds[i].fallbacks.update(counts)
                 preds[i].generated_tokens += text_pred.generated_tokens
                 preds[i].decoding_steps += text_pred.decoding_steps
         return preds
 
+    def _place(self, doc: Doc, char_span: Any) -> Optional[Any]:
+        """The token span of a placed mention, or None when it cannot be
+        one: no span under `alignment_mode`, grown by `expand` to more than
+        MAX_EXPANSION times the mention, or holding control characters."""
+        mode = self.cfg["alignment_mode"]
+        span = doc.char_span(char_span.start, char_span.end, label=char_span.label, alignment_mode=mode)
+        if span is None or len(span) == 0:
+            return None
+        if mode == "expand" and len(span.text) > MAX_EXPANSION * (char_span.end - char_span.start):
+            return None
+        if any(unicodedata.category(c) == "Cc" and not c.isspace() for c in span.text):
+            return None
+        return span
+
     def set_annotations(self, docs: Iterable[Doc], preds: Sequence[DocPrediction]) -> None:
         from .resolve import merge_with_existing, resolve_label_conflicts, select_flat
 
+        threshold = self.cfg.get("threshold", 0.0)
+        keep_below = self.cfg.get("keep_below_threshold", False)
         batch = Counter()
         for doc, pred in zip(docs, preds):
             fallbacks = Counter(pred.fallbacks)
             spans, scores = [], []
             for char_span in pred.spans:
-                span = doc.char_span(
-                    char_span.start,
-                    char_span.end,
-                    label=char_span.label,
-                    alignment_mode=self.cfg["alignment_mode"],
-                )
-                if span is None or len(span) == 0:
+                span = self._place(doc, char_span)
+                if span is None:
                     fallbacks["misaligned_mentions"] += 1
                     continue
                 spans.append(span)
                 scores.append(char_span.score)
             spans, scores, conflicts = resolve_label_conflicts(spans, scores)
+            confident = [k for k, score in enumerate(scores) if score >= threshold]
+            below = len(spans) - len(confident)
+            if not keep_below:
+                spans, scores = [spans[k] for k in confident], [scores[k] for k in confident]
+                confident = list(range(len(spans)))
             group = SpanGroup(doc, name=self.spans_key, spans=spans)
             group.attrs["scores"] = numpy.asarray(scores, dtype="float32")
             doc.spans[self.spans_key] = group
             if self.cfg["annotate_ents"]:
-                flat = select_flat(spans, scores)
+                flat = select_flat([spans[k] for k in confident], [scores[k] for k in confident])
                 doc.ents = merge_with_existing(flat, doc.ents, self.cfg["overwrite_ents"])
             fallbacks = Counter({k: v for k, v in fallbacks.items() if v})
             doc._.set(
@@ -407,6 +508,8 @@ class PaDeLLMNER(TrainablePipe):
                 {
                     "fallbacks": dict(fallbacks),
                     "label_conflicts": conflicts,
+                    "below_threshold": below,
+                    "segments": pred.segments,
                     "generated_tokens": pred.generated_tokens,
                     "decoding_steps": pred.decoding_steps,
                 },
@@ -423,6 +526,12 @@ class PaDeLLMNER(TrainablePipe):
             self._warned.add(kind)
             if kind == "windowed_docs":
                 logger.warning(Warnings.W2001.format(limit=self._text_budget, n_windows="several"))
+            elif kind == "segmented_docs":
+                logger.info(
+                    "%s: docs longer than %s model tokens are decoded in segments of whole sentences; "
+                    "counted as 'segmented_docs', segments per doc in doc._.%s['segments'].",
+                    self.name, self.segment_budget, EXTENSION,
+                )
             else:
                 logger.warning(
                     "%s: first fallback of kind '%s' (%d in this batch). Totals are in "
@@ -538,6 +647,26 @@ class PaDeLLMNER(TrainablePipe):
                 self.cfg["labels"] = sorted(found)
         self.model.initialize()
         self._decoder = None
+        self._record_text_lengths(get_examples)
+
+    def _record_text_lengths(self, get_examples: Callable[[], Iterable[Example]]) -> None:
+        """Derive the segment budget and the longest sentence decoded whole
+        from the training texts' lengths, so that decoded segments look like
+        what the model was trained on; saved with the pipeline
+        (`cfg["trained_text_tokens"]`, see `segments.TrainedLengths`).
+        Without annotated examples the shipped model's figures apply."""
+        texts = []
+        for example in get_examples():
+            ref = example.reference
+            # Only annotated texts are training data: `nlp.initialize()`
+            # without examples passes a placeholder doc ("x y z").
+            annotated = ref.has_annotation("ENT_IOB") or self.spans_key in ref.spans
+            if annotated and ref.text.strip():
+                texts.append(ref.text)
+            if len(texts) >= MAX_LENGTH_SAMPLE:
+                break
+        if texts:
+            self.cfg["trained_text_tokens"] = TrainedLengths.from_lengths(self._count_many(texts)).to_list()
 
     # --- serialization ------------------------------------------------------
     def _cfg_to_save(self) -> Dict[str, Any]:
@@ -564,7 +693,7 @@ class PaDeLLMNER(TrainablePipe):
         path = Path(path)
         if not (path / "cfg").exists():
             raise ValueError(Errors.E2017.format(path=path, reason="cfg is missing"))
-        self._cfg_from_saved(srsly.read_json(path / "cfg"))
+        self._cfg_from_saved(_read_cfg(path / "cfg"))
         if "model" not in exclude:
             self.shim.from_disk(path / "model")
         return self

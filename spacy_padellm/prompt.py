@@ -6,6 +6,7 @@ mention header, mention) is tokenized on its own and the ids are concatenated.
 That fixes the boundary between the text prefix, whose key/value cache is
 shared by all branches of a document, and every branch behind it.
 """
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -16,6 +17,20 @@ from .errors import Errors
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 DEFAULT_TEMPLATE = "ner.v1"
+
+
+def prompt_text(text: str) -> str:
+    """The text as the model reads it: control characters (NUL, escape
+    codes) become spaces and lone surrogates U+FFFD, which tokenizers reject.
+    Every character keeps its position, so offsets in the result are
+    offsets in `text`."""
+    if text.isprintable():
+        return text
+    return "".join(
+        " " if unicodedata.category(c) == "Cc" and c not in "\t\n\r"
+        else "\ufffd" if unicodedata.category(c) == "Cs" else c
+        for c in text
+    )
 
 
 def available_templates() -> List[str]:

@@ -23,7 +23,9 @@ FALLBACKS = (
     "hallucinated_mentions",  # mention not found in the text -> dropped
     "repeated_mentions",  # no unused occurrence left for the label -> dropped
     "misaligned_mentions",  # found, but `Doc.char_span` gave no span -> dropped
-    "windowed_docs",  # doc too long for the context, decoded in windows
+    "windowed_docs",  # segment_tokens = 0: doc too long for the context, decoded in windows
+    "segmented_docs",  # doc longer than the segment budget, decoded in segments of whole sentences
+    "possible_undercounts",  # a count reached max_count: the label may have more mentions
 )
 
 
@@ -43,7 +45,7 @@ class Mention:
 
 @dataclass
 class TextPrediction:
-    """What decoding produced for one text (a doc or a window of one)."""
+    """What decoding produced for one text (a segment of a doc)."""
 
     counts: Dict[str, int] = field(default_factory=dict)
     mentions: List[Mention] = field(default_factory=list)
@@ -68,5 +70,6 @@ class DocPrediction:
 
     spans: List[CharSpan] = field(default_factory=list)
     fallbacks: "Counter[str]" = field(default_factory=Counter)
+    segments: int = 0
     generated_tokens: int = 0
     decoding_steps: int = 0

@@ -1,7 +1,10 @@
 """Tiny models built at test time: a byte-level BPE tokenizer and a 2-layer
 Llama with random weights, saved to a temporary directory, so no test
 downloads anything."""
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import List
 
@@ -9,6 +12,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The GGUF conversion cache (spacy_padellm/models/gguf_cache.py) of this test
+# run, subprocesses included: a fresh temporary directory, never the user's.
+os.environ["SPACY_PADELLM_CACHE"] = tempfile.mkdtemp(prefix="spacy-padellm-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SPACY_PADELLM_CACHE"], True)
 
 CORPUS = [
     "text:\nJapan began the defence of their Asian Cup title .\nentity type:\nLOC\n<num>1\n<mention 1>Japan\n",

@@ -11,7 +11,7 @@ from thinc.api import ArgsKwargs, Model
 from thinc.shims.pytorch_grad_scaler import PyTorchGradScaler
 from spacy.util import SimpleFrozenDict
 
-from .loader import ModelSource, logger
+from .loader import ModelSource, logger, parse_device
 from .shim import CausalLMShim, FineTuning
 
 CausalLMModel = Model[ArgsKwargs, Any]
@@ -67,6 +67,10 @@ def build_causal_lm(
         created for training when none is loaded (peft's LoraConfig).
     """
     default_adapter = name is None and package is None and adapter is None
+    if device:
+        # A typo fails here; whether the device exists is checked at load
+        # time, so that a GPU config can be built and saved on a CPU machine.
+        parse_device(device)
     grad_scaler_config = dict(grad_scaler_config)
     grad_scaler_config.setdefault("enabled", mixed_precision)
     shim = CausalLMShim(

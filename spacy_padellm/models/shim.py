@@ -5,12 +5,18 @@ through `PyTorchShim.begin_update`/`finish_update`, and serialization is
 overridden. What is saved is a reference to the base model (`ModelSource`),
 never its weights, plus the adapter in peft's own format, so a saved adapter
 can also be loaded with `PeftModel.from_pretrained` directly.
+
+Several threads may reach a pipeline's first use at once. Loading, merging,
+unmerging and preparing for training each check and change the shim's state
+under its lock, so the model loads once and its adapter merges once; calls
+into transformers and peft also hold the process-wide load lock (`hf_calls`).
 """
 import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
@@ -20,6 +26,7 @@ import torch
 from thinc.api import PyTorchShim
 
 from ..errors import Errors
+from .hf_calls import hf_call
 from .loader import ModelSource, load_model, resolve_device
 
 logger = logging.getLogger("spacy_padellm")
@@ -78,6 +85,18 @@ class CausalLMShim(PyTorchShim):
         # Benchmarks switch this off to time the unmerged adapter.
         self.merge_when_predicting = True
         self._pid = os.getpid()
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Locks cannot be copied or pickled (thinc's `Model.copy`, spawned
+        # processes); a copy gets a lock of its own.
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     @property
     def is_loaded(self) -> bool:
@@ -95,11 +114,20 @@ class CausalLMShim(PyTorchShim):
             return resolve_device(self.device_name)
         return next(self._model.parameters()).device
 
-    def load(self, adapter_dir: Optional[str] = None) -> None:
+    def load(self, adapter_dir: Optional[str] = None, *, reload: bool = False) -> None:
         """Load the base model, then the adapter: the configured one, or the
-        one a saved pipeline carries (`adapter_dir`)."""
-        self._model, self.tokenizer = load_model(self.source, self.dtype, self.device_name, adapter_dir or self.adapter)
-        self._merged = False
+        one a saved pipeline carries (`adapter_dir`).
+
+        Once loaded, further calls return at once (another thread may have
+        loaded it meanwhile), unless `reload` is set, as deserializing does."""
+        with self._lock:
+            if self._model is not None and not reload:
+                return
+            model, tokenizer = load_model(self.source, self.dtype, self.device_name, adapter_dir or self.adapter)
+            # The tokenizer first: whoever sees the model loaded finds it.
+            self.tokenizer = tokenizer
+            self._model = model
+            self._merged = False
 
     def merge_for_inference(self) -> None:
         """Fold the LoRA adapter into the base weights while the model only
@@ -119,18 +147,22 @@ class CausalLMShim(PyTorchShim):
         loads with. Models with fully fine-tuned weights are never merged:
         their base weights are saved.
         """
-        if self.trainable or self._merged or not self.merge_when_predicting:
-            return
-        if self._full_weights or not self.has_adapter or not hasattr(self._model, "merge_adapter"):
-            return
-        self.model.merge_adapter()
-        self._merged = True
+        with self._lock:
+            if self.trainable or self._merged or not self.merge_when_predicting:
+                return
+            if self._full_weights or not self.has_adapter or not hasattr(self._model, "merge_adapter"):
+                return
+            with hf_call():
+                self.model.merge_adapter()
+            self._merged = True
 
     def unmerge(self) -> None:
         """Take a merged adapter back out of the base weights."""
-        if self._merged:
-            self.model.unmerge_adapter()
-            self._merged = False
+        with self._lock:
+            if self._merged:
+                with hf_call():
+                    self.model.unmerge_adapter()
+                self._merged = False
 
     def prepare_for_training(self) -> bool:
         """Make the weights that training updates trainable, once.
@@ -139,8 +171,16 @@ class CausalLMShim(PyTorchShim):
         is created; the base is frozen. RETURNS (bool): whether the model
         object changed (callers holding it must fetch it again).
         """
-        if self.trainable:
-            return False
+        with self._lock:
+            if self.trainable:
+                return False
+            with hf_call():
+                return self._make_trainable()
+
+    def _make_trainable(self) -> bool:
+        """`prepare_for_training`'s work, under both locks: creating LoRA
+        layers while another thread's `from_pretrained` has switched torch's
+        init functions off would leave them uninitialized."""
         model = self.model
         self.unmerge()
         changed = False
@@ -200,9 +240,14 @@ class CausalLMShim(PyTorchShim):
     def to_disk(self, path: Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._to_disk(path)
+
+    def _to_disk(self, path: Path) -> None:
         srsly.write_json(path / "model.json", self._meta())
         if self.has_adapter:
-            self.model.save_pretrained(str(path / "adapter"))
+            with hf_call():
+                self.model.save_pretrained(str(path / "adapter"), save_embedding_layers=self._save_embedding_layers())
         elif not self.is_loaded and self.adapter:
             # Saved before the model was loaded: keep the configured adapter.
             (path / "adapter").mkdir(exist_ok=True)
@@ -214,19 +259,34 @@ class CausalLMShim(PyTorchShim):
             # save_model, unlike save_file, handles tied embeddings.
             save_model(self.model, str(path / WEIGHTS_FILE))
 
+    def _save_embedding_layers(self) -> Any:
+        """peft's `save_embedding_layers`. Its default, "auto", asks the
+        Hugging Face hub whether the base model's config exists (to see if the
+        vocabulary was resized) whenever the embeddings are not adapted: a
+        network attempt, and a warning ("Unable to fetch remote file", or
+        "Could not find a config file" offline), on every save. We never
+        resize the vocabulary, so the embeddings are saved exactly when the
+        adapter adapts them, which "auto" decides without the hub."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        base = self.model.get_base_model()
+        embeddings = [base.get_input_embeddings(), base.get_output_embeddings()]
+        if any(isinstance(layer, BaseTunerLayer) for layer in embeddings):
+            return "auto"
+        return False
+
     def from_disk(self, path: Path) -> "CausalLMShim":
         path = Path(path)
-        if not (path / "model.json").exists():
-            raise ValueError(Errors.E2017.format(path=path, reason="model.json is missing"))
-        meta = srsly.read_json(path / "model.json")
-        self.source = ModelSource.from_dict(meta["source"])
-        self.dtype = meta.get("dtype", self.dtype)
-        adapter = str(path / "adapter") if meta.get("has_adapter") else None
-        self.adapter = None
-        self.trainable = False
-        self.load(adapter_dir=adapter)
-        if meta.get("full_weights"):
-            self._load_full_weights(path / WEIGHTS_FILE)
+        meta = read_meta(path)
+        with self._lock:
+            self.source = ModelSource.from_dict(meta["source"])
+            self.dtype = meta.get("dtype", self.dtype)
+            adapter = str(path / "adapter") if meta.get("has_adapter") else None
+            self.adapter = None
+            self.trainable = False
+            self.load(adapter_dir=adapter, reload=True)
+            if meta.get("full_weights"):
+                self._load_full_weights(path / WEIGHTS_FILE)
         return self
 
     def _load_full_weights(self, path: Path) -> None:
@@ -252,10 +312,10 @@ class CausalLMShim(PyTorchShim):
 
     def from_bytes(self, data: bytes) -> "CausalLMShim":
         msg = srsly.msgpack_loads(data)
-        meta = json.loads(msg["model.json"])
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
-            srsly.write_json(tmp_path / "model.json", meta)
+            (tmp_path / "model.json").write_text(msg.get("model.json", ""), encoding="utf8")
+            meta = read_meta(tmp_path, shown_as="the model.json of the serialized component")
             if meta.get("has_adapter"):
                 (tmp_path / "adapter").mkdir()
                 for name in ADAPTER_FILES:
@@ -264,3 +324,35 @@ class CausalLMShim(PyTorchShim):
                 (tmp_path / WEIGHTS_FILE).write_bytes(msg[WEIGHTS_FILE])
             self.from_disk(tmp_path)
         return self
+
+
+def read_meta(path: Path, shown_as: Optional[str] = None) -> Dict[str, Any]:
+    """The contents of `path/model.json`, checked: what `from_disk` needs.
+
+    A damaged file would otherwise fail deep inside loading (`KeyError:
+    'source'`, or a model named None not found). `shown_as` names the file
+    in errors where it is a temporary copy (`from_bytes`)."""
+    file = path / "model.json"
+    where = shown_as or str(file)
+    redo = "Save the pipeline again (`nlp.to_disk`), or restore the file from a copy."
+
+    def damaged(problem: str) -> ValueError:
+        return ValueError(Errors.E2017.format(path=where, reason=f"{problem}. {redo}"))
+
+    if not file.exists():
+        raise damaged("the file is missing")
+    try:
+        meta = json.loads(file.read_text(encoding="utf8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise damaged(f"it is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise damaged(f"it holds a JSON {type(meta).__name__}, not an object")
+    source = meta.get("source")
+    if not isinstance(source, dict):
+        raise damaged("it has no 'source' (the base model the component references)")
+    if not (source.get("name") or source.get("package")):
+        raise damaged("its 'source' names neither a model ('name') nor a package")
+    unknown = sorted(set(source) - set(ModelSource.__dataclass_fields__))
+    if unknown:
+        logger.warning("Ignoring unknown keys %s in the 'source' of %s", unknown, where)
+    return meta

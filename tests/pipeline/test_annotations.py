@@ -125,7 +125,8 @@ def test_chinese_mentions_land_on_character_tokens(tiny_model_dir):
     without spaces or word boundaries, repeated ones on later occurrences."""
     from ..conftest import ScriptedDecoding, make_nlp
 
-    nlp = make_nlp(tiny_model_dir, lang="zh", labels=["NAME", "ORG", "LOC"])
+    # segment_tokens 0: the whole text is one segment, as the script is keyed.
+    nlp = make_nlp(tiny_model_dir, lang="zh", labels=["NAME", "ORG", "LOC"], segment_tokens=0)
     nlp.initialize()
     text = "吴重阳，中国国籍，毕业于中国人民大学，现居北京。北京大学教授。"
     nlp.get_pipe("padellm_ner")._decoder = ScriptedDecoding(
@@ -139,3 +140,50 @@ def test_chinese_mentions_land_on_character_tokens(tiny_model_dir):
     # the flat view drops the LOC nested in the ORG; the hallucinated 上海 is counted
     assert [(e.text, e.label_) for e in doc.ents] == [("吴重阳", "NAME"), ("中国人民大学", "ORG"), ("北京", "LOC"), ("北京大学", "ORG")]
     assert doc._.padellm["fallbacks"]["hallucinated_mentions"] == 1
+
+
+@pytest.mark.parametrize("keep_below", [False, True])
+def test_threshold_drops_improbable_spans(tiny_model_dir, keep_below):
+    from ..conftest import ScriptedDecoding, make_nlp
+
+    nlp = make_nlp(tiny_model_dir, threshold=0.5, keep_below_threshold=keep_below)
+    nlp.initialize()
+    text = "Peter met Paul in Rome ."
+    nlp.get_pipe("padellm_ner")._decoder = ScriptedDecoding(
+        {text: [("PER", 1, "Peter", 0.9), ("PER", 2, "Paul", 0.3), ("LOC", 1, "Rome", 0.5)]}
+    )
+    doc = nlp(text)
+    assert [e.text for e in doc.ents] == ["Peter", "Rome"]  # 0.5 is not below 0.5
+    group = [s.text for s in doc.spans["padellm"]]
+    assert group == (["Peter", "Paul", "Rome"] if keep_below else ["Peter", "Rome"])
+    assert len(doc.spans["padellm"].attrs["scores"]) == len(group)
+    assert doc._.padellm["below_threshold"] == 1
+
+
+def test_default_threshold_keeps_everything(scripted_nlp):
+    doc = run(scripted_nlp, "Peter met Paul .", [("PER", 1, "Peter", 0.01), ("PER", 2, "Paul", 1e-9)])
+    assert [e.text for e in doc.ents] == ["Peter", "Paul"]
+    assert doc._.padellm["below_threshold"] == 0
+
+
+def test_expand_that_swallows_a_sentence_is_misaligned(scripted_nlp):
+    """An English tokenizer keeps unspaced Chinese as one token; `expand`
+    would turn the mention 北京 into the whole sentence."""
+    doc = run(scripted_nlp, "他现在住在北京。", [("LOC", 1, "北京", 0.9)])
+    assert list(doc.ents) == []
+    assert doc._.padellm["fallbacks"]["misaligned_mentions"] == 1
+    near = run(scripted_nlp, "He left the U.S. today .", [("LOC", 1, "U.S", 0.9)])
+    assert [e.text for e in near.ents] == ["U.S."]  # a modest widening is kept
+
+
+def test_entities_never_hold_control_characters(scripted_nlp):
+    from ..conftest import ScriptedDecoding
+
+    text = "Peter Blackburn visited Brussels\x1b[31 ."
+    seen = "Peter Blackburn visited Brussels [31 ."  # the model reads no escape codes
+    script = [("LOC", 1, "Brussels", 0.9), ("PER", 1, "Peter Blackburn", 0.9)]
+    scripted_nlp.get_pipe("padellm_ner")._decoder = decoder = ScriptedDecoding({seen: script})
+    doc = scripted_nlp(text)
+    assert decoder.calls == [[seen]]
+    assert [e.text for e in doc.ents] == ["Peter Blackburn"]
+    assert doc._.padellm["fallbacks"]["misaligned_mentions"] == 1

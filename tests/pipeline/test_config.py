@@ -53,6 +53,10 @@ def test_config_round_trips_through_config_string(tiny_model_dir):
         ({"labels": ["PER"], "label_definitions": {"ORG": "companies"}}, "E2006"),
         ({"template": "ner.v99"}, "E2018"),
         ({"zero_count_penalty": -1.0}, "E2040"),
+        ({"labels": []}, "E2070"),
+        ({"threshold": 1.5}, "E2071"),
+        ({"threshold": -0.1}, "E2071"),
+        ({"segment_tokens": -5}, "E2003"),
     ],
 )
 def test_bad_config_is_rejected_clearly(config, code):

@@ -133,3 +133,12 @@ def test_adapter_kept_when_saved_before_loading(memorized_model_dir, adapter_dir
     assert loaded.get_pipe("padellm_ner").shim.has_adapter
     nlp.initialize()
     assert predictions(loaded) == predictions(nlp)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_from_disk_with_a_damaged_cfg_names_the_file(tiny_model_dir, tmp_path, content):
+    nlp = make_nlp(tiny_model_dir)
+    nlp.to_disk(tmp_path / "p")
+    (tmp_path / "p" / "padellm_ner" / "cfg").write_text(content)
+    with pytest.raises(ValueError, match="E2072.*cfg"):
+        spacy.load(tmp_path / "p")

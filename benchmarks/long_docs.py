@@ -1,0 +1,154 @@
+"""Whole documents against their sentences: span F1 and time per word.
+
+Users feed articles, not sentences. This joins consecutive sentences of a
+dev file into docs of N sentences (10, 50, 200 by default), runs the
+default pipeline on them, and compares with the same sentences decoded one
+doc per sentence: the figures the segmenting must match (F1 within 1 point,
+time per word within 20%).
+
+The lines are cut into blocks of the largest N sentences; every system
+decodes every block, in an order that rotates from block to block, so the
+machine's noise falls on all of them alike. Times are the sums over blocks;
+the ratios are also given as the median of the per-block ratios.
+
+    python benchmarks/long_docs.py ../shared/data/conll03/dev.jsonl --lines 500:1300 \
+        --out benchmarks/results/long_docs_cpu
+
+`--segment-tokens 20,42,64` compares segment budgets (the selection of
+the default was made that way on lines 0:500).
+"""
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from spacy.language import Language
+from spacy.scorer import Scorer
+from spacy.tokens import Doc, Span
+from spacy.training import Example
+
+sys.path.insert(0, str(Path(__file__).parent))
+import systems  # noqa: E402
+from line_range import line_range  # noqa: E402
+
+Sentence = Tuple[str, List[Tuple[int, int, str, str]]]
+
+
+def read_lines(path: Path, start: int, stop: int) -> List[Sentence]:
+    with path.open(encoding="utf8") as f:
+        rows = [json.loads(line) for i, line in enumerate(f) if start <= i < stop]
+    return [(row[0], [tuple(e) for e in row[1:]]) for row in rows]
+
+
+def joined_example(nlp: Language, sentences: Sequence[Sentence]) -> Example:
+    """One doc of the sentences joined by spaces; gold entities by the
+    files' whitespace tokens (end inclusive), shifted to the joined doc."""
+    words: List[str] = []
+    ents: List[Tuple[int, int, str]] = []
+    for text, entities in sentences:
+        offset = len(words)
+        words.extend(text.split(" "))
+        ents.extend((offset + s, offset + e + 1, label) for s, e, _, label in entities)
+    reference = Doc(nlp.vocab, words=words)
+    reference.ents = [Span(reference, s, e, label=label) for s, e, label in ents]
+    return Example(nlp.make_doc(reference.text), reference)
+
+
+def run(nlp: Language, examples: List[Example], batch_size: int) -> Tuple[float, List[Doc]]:
+    started = time.perf_counter()
+    docs = list(nlp.pipe((eg.predicted.copy() for eg in examples), batch_size=batch_size))
+    return time.perf_counter() - started, docs
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="JSONL file in the format of ../shared/data")
+    parser.add_argument("--lines", type=line_range, default=(500, 1300), help="START:STOP of the data file")
+    parser.add_argument("--sizes", default="10,50,200", help="sentences per doc, comma-separated")
+    parser.add_argument("--segment-tokens", default="", help="segment budgets to compare (default: the pipeline's)")
+    parser.add_argument("--batch-size", type=int, default=64, help="nlp.pipe batch size (docs per call)")
+    parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md)")
+    args = parser.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    budgets: List[Optional[int]] = [int(x) for x in args.segment_tokens.split(",") if x] or [None]
+    system = systems.padellm("parallel")
+    nlp, pipe = system.nlp, system.padellm_pipe()
+    sentences = read_lines(args.data, *args.lines)
+    block = max(sizes)
+    blocks = [sentences[i : i + block] for i in range(0, len(sentences) - block + 1, block)]
+    if not blocks:
+        parser.error(f"--lines holds {len(sentences)} sentences, fewer than the largest size {block}")
+    # The reference: one doc per sentence, each decoded whole (no segments).
+    variants: List[Tuple[str, int, Optional[int]]] = [("sentences", 1, 0)] + [(f"{n} per doc" + (f", segment_tokens {b}" if b else ""), n, b) for b in budgets for n in sizes]
+    totals: Dict[str, Dict[str, Any]] = {name: {"seconds": 0.0, "examples": [], "segments": 0, "docs": 0, "block_seconds": []} for name, _, _ in variants}
+    words = sum(len(text.split(" ")) for b in blocks for text, _ in b)
+    configured = pipe.cfg["segment_tokens"]
+    run(nlp, [joined_example(nlp, blocks[0][:2])], args.batch_size)  # load the model outside the timings
+    for k, sents in enumerate(blocks):
+        order = variants[k % len(variants) :] + variants[: k % len(variants)]
+        for name, n, budget in order:
+            pipe.cfg["segment_tokens"] = budget if budget is not None else configured
+            examples = [joined_example(nlp, sents[i : i + n]) for i in range(0, len(sents), n)]
+            seconds, docs = run(nlp, examples, args.batch_size)
+            for eg, doc in zip(examples, docs):
+                eg.predicted = doc
+            entry = totals[name]
+            entry["seconds"] += seconds
+            entry["block_seconds"].append(seconds)
+            entry["examples"].extend(examples)
+            entry["segments"] += sum(d._.padellm["segments"] for d in docs)
+            entry["docs"] += len(docs)
+            print(f"block {k + 1}/{len(blocks)} {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    pipe.cfg["segment_tokens"] = configured
+    scorer = Scorer(nlp)
+    base = totals["sentences"]
+    rows = []
+    for name, n, budget in variants:
+        entry = totals[name]
+        scores = scorer.score(entry["examples"])
+        per_block = [s / b for s, b in zip(entry["block_seconds"], base["block_seconds"])]
+        rows.append({
+            "system": name, "sentences_per_doc": n, "segment_tokens": budget if budget is not None else pipe.segment_budget,
+            "docs": entry["docs"], "segments": entry["segments"],
+            "ents_p": round(100 * scores["ents_p"], 2), "ents_r": round(100 * scores["ents_r"], 2), "ents_f": round(100 * scores["ents_f"], 2),
+            "seconds": round(entry["seconds"], 1), "ms_per_word": round(1000 * entry["seconds"] / words, 2),
+            "time_vs_sentences": round(entry["seconds"] / base["seconds"], 3),
+            "median_block_time_vs_sentences": round(statistics.median(per_block), 3),
+        })
+    base_f = rows[0]["ents_f"]
+    for row in rows:
+        row["f1_vs_sentences"] = round(row["ents_f"] - base_f, 2)
+    result = {
+        "what": f"docs of consecutive sentences vs. the same sentences one per doc, lines {args.lines[0]}:{args.lines[1]} of {args.data}",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "date": date.today().isoformat(),
+        "command": "python benchmarks/long_docs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "blocks": len(blocks), "sentences": len(blocks) * block, "words": words, "batch_size": args.batch_size,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
+    lines = [
+        f"# {result['what']}", "", f"{result['machine']}; {result['date']}; {result['blocks']} blocks of {block} sentences "
+        f"({words} words), systems rotated per block; nlp.pipe batch size {args.batch_size}.", "",
+        f"`{result['command']}`", "",
+        "| system | segment tokens | docs | segments | P | R | F | F vs. sentences | ms/word | time vs. sentences (sum / median block) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {r['segment_tokens']} | {r['docs']} | {r['segments']} | {r['ents_p']} | {r['ents_r']} | {r['ents_f']} | "
+            f"{r['f1_vs_sentences']:+.2f} | {r['ms_per_word']} | {r['time_vs_sentences']:.2f} / {r['median_block_time_vs_sentences']:.2f} |"
+        )
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Cutting a doc into segments of whole sentences that the model can decode.
+
+The model was fine-tuned on single sentences; on a long text it predicts a
+few mentions per label and stops (a 2,000-word article: 9 of 108 entities).
+So a doc is decoded in segments shaped like the training texts: whole
+sentences, packed up to a token budget (the median training text; packing
+more lost recall, see the README). A sentence longer than the budget but no
+longer than the longest training text is a segment of its own: the model
+has seen such sentences, and cutting one would lose entities. Only a longer
+sentence is cut, at token boundaries, into overlapping pieces about as long
+as most training texts; each piece keeps only the spans that start in its
+own part of the overlap, so an entity at a cut is found whole by one piece
+and never twice.
+
+The sentences come from `doc.sents` when a sentencizer, senter or parser set
+them, else from spaCy's rule-based `Sentencizer` rules plus line breaks (no
+model, and the doc itself is left unchanged).
+"""
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, List, Sequence, Tuple
+
+import numpy
+from spacy.pipeline import Sentencizer
+from spacy.tokens import Doc
+
+# Counts the model tokens of each string of a list (one batched tokenizer call).
+CountTokens = Callable[[Sequence[str]], List[int]]
+
+_SENTENCIZER = Sentencizer()
+# The segment budget is this percentile of the training texts' lengths in
+# model tokens (chosen on CoNLL-03 dev sentences 0-499; see the README).
+SEGMENT_PERCENTILE = 50
+# A sentence that must be cut is cut into pieces of this percentile of the
+# training texts' lengths (or of the budget, when that is larger): pieces
+# about as long as most training texts.
+PIECE_PERCENTILE = 90
+# The lengths of the shipped default model's training texts (CoNLL-03 train).
+TRAINING_TEXTS = Path(__file__).parent / "default_model" / "training_texts.json"
+
+
+@dataclass(frozen=True)
+class TrainedLengths:
+    """What the segments are sized by, from the training texts' lengths in
+    model tokens: the packing budget, the size of the pieces a sentence
+    too long to decode whole is cut into, and the longest sentence decoded
+    whole (the longest training text)."""
+
+    budget: int
+    piece: int
+    longest: int
+
+    @classmethod
+    def from_lengths(cls, lengths: Sequence[int]) -> "TrainedLengths":
+        values = numpy.asarray(lengths)
+        budget, piece = (max(1, int(numpy.percentile(values, p))) for p in (SEGMENT_PERCENTILE, PIECE_PERCENTILE))
+        return cls(budget, piece, int(values.max()))
+
+    def to_list(self) -> List[int]:
+        return [self.budget, self.piece, self.longest]
+
+
+@lru_cache(maxsize=None)
+def default_lengths() -> TrainedLengths:
+    """The shipped model's `TrainedLengths` (CoNLL-03 train), for pipelines
+    that were not initialized with examples."""
+    stats = json.loads(TRAINING_TEXTS.read_text(encoding="utf8"))
+    return TrainedLengths(*stats["segments"])
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Characters [start, end) of a doc, decoded as one text.
+
+    Spans found in it are kept when they start in [keep_start, keep_end):
+    the whole segment, except for the overlapping pieces of a cut sentence.
+    """
+
+    start: int
+    end: int
+    keep_start: int
+    keep_end: int
+
+    def keeps(self, span_start: int) -> bool:
+        return self.keep_start <= span_start < self.keep_end
+
+
+def sentences(doc: Doc) -> List[Tuple[int, int]]:
+    """Token ranges of the doc's sentences: its own, or the rule-based ones
+    (sentence-final punctuation, and line breaks: headlines and datelines
+    end without a full stop)."""
+    if doc.has_annotation("SENT_START"):
+        return [(s.start, s.end) for s in doc.sents]
+    guesses = _SENTENCIZER.predict([doc])[0]
+    starts = [
+        i for i, is_start in enumerate(guesses)
+        if i == 0 or is_start or (doc[i - 1].is_space and "\n" in doc[i - 1].text and not doc[i].is_space)
+    ]
+    return list(zip(starts, starts[1:] + [len(doc)]))
+
+
+def _chars(doc: Doc, start: int, end: int) -> Tuple[int, int]:
+    """Characters of tokens [start, end), without trailing whitespace."""
+    last = doc[end - 1]
+    return doc[start].idx, last.idx + len(last.text)
+
+
+def split_segments(
+    doc: Doc, count_tokens: CountTokens, budget: int, sentence_limit: int = 0, piece: int = 0
+) -> List[Segment]:
+    """Segments covering every token of `doc` (tokens that are only
+    whitespace need not be covered): whole sentences packed up to `budget`
+    model tokens, a sentence of up to `sentence_limit` tokens on its own,
+    longer ones in overlapping pieces of `piece` tokens (at least `budget`)."""
+    sentence_limit = max(budget, sentence_limit)
+    piece = min(max(budget, piece), sentence_limit)
+    text = doc.text
+    if not text.strip():
+        return []
+    if count_tokens([text])[0] <= budget:
+        return [Segment(0, len(text), 0, len(text))]
+    sents, ranges = [], []
+    for s, e in sentences(doc):
+        a, b = _chars(doc, s, e)
+        if text[a:b].strip():
+            sents.append((s, e))
+            ranges.append((a, b))
+    sizes = count_tokens([text[a:b] for a, b in ranges])
+    segments: List[Segment] = []
+    group: List[int] = []  # indices of the sentences packed so far
+    used = 0
+
+    def flush() -> None:
+        nonlocal group, used
+        if group:
+            segments.extend(_pack(text, [ranges[i] for i in group], count_tokens, budget))
+        group, used = [], 0
+
+    for i, size in enumerate(sizes):
+        if size > sentence_limit:
+            flush()
+            segments.extend(_split_sentence(doc, text, *sents[i], count_tokens, piece))
+            continue
+        if size > budget:
+            flush()
+            segments.append(Segment(*ranges[i], *ranges[i]))
+            continue
+        if group and used + size > budget:
+            flush()
+        group.append(i)
+        used += size
+    flush()
+    return segments
+
+
+def _pack(text: str, ranges: List[Tuple[int, int]], count_tokens: CountTokens, budget: int) -> List[Segment]:
+    """Whole sentences that fit the budget one by one, as one segment if
+    their joined text fits too (joining can merge tokens across a space,
+    so the sum of their sizes is an estimate), else halved by sentences."""
+    start, end = ranges[0][0], ranges[-1][1]
+    if len(ranges) == 1 or count_tokens([text[start:end]])[0] <= budget:
+        return [Segment(start, end, start, end)]
+    mid = len(ranges) // 2
+    return _pack(text, ranges[:mid], count_tokens, budget) + _pack(text, ranges[mid:], count_tokens, budget)
+
+
+def _split_sentence(doc: Doc, text: str, start: int, end: int, count_tokens: CountTokens, budget: int) -> List[Segment]:
+    """A sentence longer than the budget, in pieces of whole tokens that
+    overlap by about a quarter of the budget. The boundary between two
+    pieces' kept parts lies in the middle of their overlap, so a span of
+    up to an eighth of the budget that starts near a cut is whole in the
+    piece that keeps it."""
+    tokens = [t for t in doc[start:end] if not t.is_space]
+    sizes = count_tokens([t.text_with_ws for t in tokens])
+    overlap = max(1, budget // 4)
+    pieces: List[Tuple[int, int]] = []  # token index ranges into `tokens`
+    first = 0
+    while first < len(tokens):
+        if sizes[first] > budget:
+            pieces.append((first, first + 1))
+            first += 1
+            continue
+        last, used = first, 0
+        while last < len(tokens) and used + sizes[last] <= budget:
+            used += sizes[last]
+            last += 1
+        pieces.append((first, last))
+        if last == len(tokens):
+            break
+        back, carried = last, 0  # start the next piece `overlap` tokens back
+        while back - 1 > first and carried + sizes[back - 1] <= overlap:
+            back -= 1
+            carried += sizes[back]
+        first = back
+    return _pieces_to_segments(text, tokens, pieces, count_tokens, budget)
+
+
+def _pieces_to_segments(
+    text: str, tokens: list, pieces: List[Tuple[int, int]], count_tokens: CountTokens, budget: int
+) -> List[Segment]:
+    segments: List[Segment] = []
+    bounds = []  # the kept part of each piece starts at its bound
+    for k, (first, last) in enumerate(pieces):
+        if k == 0:
+            bounds.append(tokens[first].idx)
+        else:
+            prev_last = pieces[k - 1][1]
+            middle = (first + prev_last) // 2 if prev_last > first else first
+            bounds.append(tokens[middle].idx)
+    ends = bounds[1:] + [len(text) + 1]
+    for (first, last), keep_start, keep_end in zip(pieces, bounds, ends):
+        start = tokens[first].idx
+        end = tokens[last - 1].idx + len(tokens[last - 1].text)
+        if last - first == 1 and count_tokens([text[start:end]])[0] > budget:
+            segments.extend(_split_chars(start, end, budget, keep_start, keep_end))
+        else:
+            segments.append(Segment(start, end, keep_start, keep_end))
+    return segments
+
+
+def _split_chars(start: int, end: int, budget: int, keep_start: int, keep_end: int) -> List[Segment]:
+    """A single token longer than the budget (a URL, a 10,000-character
+    string), cut into pieces of `budget // 4` characters: a character is at
+    most four byte-level tokens."""
+    step = max(1, budget // 4)
+    out = []
+    for s in range(start, end, step):
+        e = min(s + step, end)
+        out.append(Segment(s, e, keep_start if s == start else s, keep_end if e == end else e))
+    return out
