@@ -46,18 +46,27 @@ def read_lines(path: Path, start: int, stop: int) -> List[Sentence]:
     return [(row[0], [tuple(e) for e in row[1:]]) for row in rows]
 
 
-def joined_example(nlp: Language, sentences: Sequence[Sentence]) -> Example:
+def joined_example(nlp: Language, sentences: Sequence[Sentence], data_sents: bool = False) -> Example:
     """One doc of the sentences joined by spaces; gold entities by the
-    files' whitespace tokens (end inclusive), shifted to the joined doc."""
+    files' whitespace tokens (end inclusive), shifted to the joined doc.
+    data_sents: the doc's `doc.sents` are the file's sentences (as a senter
+    or parser would set them); otherwise it has none and the component
+    splits it by its rules."""
     words: List[str] = []
     ents: List[Tuple[int, int, str]] = []
+    starts = set()
     for text, entities in sentences:
         offset = len(words)
+        starts.add(len(" ".join(words + [""])) if words else 0)
         words.extend(text.split(" "))
         ents.extend((offset + s, offset + e + 1, label) for s, e, _, label in entities)
     reference = Doc(nlp.vocab, words=words)
     reference.ents = [Span(reference, s, e, label=label) for s, e, label in ents]
-    return Example(nlp.make_doc(reference.text), reference)
+    predicted = nlp.make_doc(reference.text)
+    if data_sents:
+        for token in predicted:
+            token.is_sent_start = token.idx in starts
+    return Example(predicted, reference)
 
 
 def run(nlp: Language, examples: List[Example], batch_size: int) -> Tuple[float, List[Doc]]:
@@ -72,6 +81,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--lines", type=line_range, default=(500, 1300), help="START:STOP of the data file")
     parser.add_argument("--sizes", default="10,50,200", help="sentences per doc, comma-separated")
     parser.add_argument("--segment-tokens", default="", help="segment budgets to compare (default: the pipeline's)")
+    parser.add_argument("--sents", default="rules", help="comma-separated: 'rules' (no doc.sents) and/or 'data' (the file's sentences as doc.sents)")
     parser.add_argument("--batch-size", type=int, default=64, help="nlp.pipe batch size (docs per call)")
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md)")
     args = parser.parse_args(argv)
@@ -85,16 +95,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not blocks:
         parser.error(f"--lines holds {len(sentences)} sentences, fewer than the largest size {block}")
     # The reference: one doc per sentence, each decoded whole (no segments).
-    variants: List[Tuple[str, int, Optional[int]]] = [("sentences", 1, 0)] + [(f"{n} per doc" + (f", segment_tokens {b}" if b else ""), n, b) for b in budgets for n in sizes]
-    totals: Dict[str, Dict[str, Any]] = {name: {"seconds": 0.0, "examples": [], "segments": 0, "docs": 0, "block_seconds": []} for name, _, _ in variants}
+    modes = args.sents.split(",")
+    variants: List[Tuple[str, int, Optional[int], bool]] = [("sentences", 1, 0, False)] + [
+        (f"{n} per doc" + (f", segment_tokens {b}" if b else "") + f", sentences from {mode}", n, b, mode == "data")
+        for mode in modes for b in budgets for n in sizes
+    ]
+    totals: Dict[str, Dict[str, Any]] = {v[0]: {"seconds": 0.0, "examples": [], "segments": 0, "docs": 0, "block_seconds": []} for v in variants}
     words = sum(len(text.split(" ")) for b in blocks for text, _ in b)
     configured = pipe.cfg["segment_tokens"]
     run(nlp, [joined_example(nlp, blocks[0][:2])], args.batch_size)  # load the model outside the timings
     for k, sents in enumerate(blocks):
         order = variants[k % len(variants) :] + variants[: k % len(variants)]
-        for name, n, budget in order:
+        for name, n, budget, data_sents in order:
             pipe.cfg["segment_tokens"] = budget if budget is not None else configured
-            examples = [joined_example(nlp, sents[i : i + n]) for i in range(0, len(sents), n)]
+            examples = [joined_example(nlp, sents[i : i + n], data_sents) for i in range(0, len(sents), n)]
             seconds, docs = run(nlp, examples, args.batch_size)
             for eg, doc in zip(examples, docs):
                 eg.predicted = doc
@@ -109,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     scorer = Scorer(nlp)
     base = totals["sentences"]
     rows = []
-    for name, n, budget in variants:
+    for name, n, budget, _ in variants:
         entry = totals[name]
         scores = scorer.score(entry["examples"])
         per_block = [s / b for s, b in zip(entry["block_seconds"], base["block_seconds"])]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy
 import spacy
 
-from spacy_padellm.segments import PIECE_PERCENTILE, SEGMENT_PERCENTILE, TrainedLengths
+from spacy_padellm.segments import LONGEST_PERCENTILE, PIECE_PERCENTILE, SEGMENT_PERCENTILE, TrainedLengths
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
         "texts": len(lengths),
         "mean_tokens": round(float(numpy.mean(lengths)), 2),
         "percentiles": {str(p): float(q) for p, q in zip([50, 90, 95, 99, 100], quantiles)},
-        "percentiles_used": {"budget": SEGMENT_PERCENTILE, "piece": PIECE_PERCENTILE, "longest": 100},
+        "percentiles_used": {"budget": SEGMENT_PERCENTILE, "piece": PIECE_PERCENTILE, "longest": LONGEST_PERCENTILE},
         "segments": TrainedLengths.from_lengths(lengths).to_list(),
     }
     args.output.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf8")

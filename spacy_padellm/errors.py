@@ -11,7 +11,7 @@ from spacy.errors import ErrorsWithCodes
 class Warnings(metaclass=ErrorsWithCodes):
     W2001 = ("Docs longer than the model's context ({limit} tokens for the text) "
             "were split into {n_windows} windows, because `segment_tokens = 0` "
-            "turns segments off; entities that cross a window boundary are lost. "
+            "turns segments off; an entity that spans two windows is lost. "
             "Leave `segment_tokens` unset (null) to decode docs in segments of "
             "whole sentences instead.")
     W2002 = ("The loaded adapter was trained with prompt template '{trained}', "

@@ -404,8 +404,9 @@ class PaDeLLMNER(TrainablePipe):
 
     @property
     def sentence_limit(self) -> int:
-        """The longest sentence decoded whole: the longest training text
-        (what `initialize` saw, else the shipped model's), within the context."""
+        """The longest sentence decoded whole: the 99th percentile of the
+        training texts (what `initialize` saw, else the shipped model's),
+        within the context."""
         return self._within_context(self.trained_lengths.longest)
 
     @property
@@ -423,7 +424,8 @@ class PaDeLLMNER(TrainablePipe):
             return split_segments(doc, self._count_many, budget, self.sentence_limit, piece)
         if self._text_budget is not None:
             return split_segments(doc, self._count_many, self._text_budget)
-        return [Segment(0, len(doc.text), 0, len(doc.text))]
+        text = doc.text
+        return [Segment(0, len(text), 0, len(text))] if text.strip() else []
 
     def predict(self, docs: Iterable[Doc]) -> List[DocPrediction]:
         """Decode every doc; one `DocPrediction` per doc, in order.
@@ -696,6 +698,7 @@ class PaDeLLMNER(TrainablePipe):
         self._cfg_from_saved(_read_cfg(path / "cfg"))
         if "model" not in exclude:
             self.shim.from_disk(path / "model")
+        self._decoder = None  # a decoder built meanwhile would hold the old model
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = SimpleFrozenList()) -> bytes:
@@ -706,7 +709,14 @@ class PaDeLLMNER(TrainablePipe):
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = SimpleFrozenList()) -> "PaDeLLMNER":
         msg = srsly.msgpack_loads(bytes_data)
-        self._cfg_from_saved(srsly.json_loads(msg["cfg"]))
+        try:
+            cfg = srsly.json_loads(msg["cfg"])
+        except (KeyError, ValueError) as err:
+            raise ValueError(Errors.E2072.format(path="the bytes given to from_bytes", reason=f"no valid cfg ({err})")) from err
+        if not isinstance(cfg, dict):
+            raise ValueError(Errors.E2072.format(path="the bytes given to from_bytes", reason="cfg is not a JSON object"))
+        self._cfg_from_saved(cfg)
         if "model" not in exclude and "model" in msg:
             self.shim.from_bytes(msg["model"])
+        self._decoder = None
         return self

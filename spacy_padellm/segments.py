@@ -3,10 +3,10 @@
 The model was fine-tuned on single sentences; on a long text it predicts a
 few mentions per label and stops (a 2,000-word article: 9 of 108 entities).
 So a doc is decoded in segments shaped like the training texts: whole
-sentences, packed up to a token budget (the median training text; packing
-more lost recall, see the README). A sentence longer than the budget but no
-longer than the longest training text is a segment of its own: the model
-has seen such sentences, and cutting one would lose entities. Only a longer
+sentences, packed up to a token budget (the median training text). A
+sentence longer than the budget but no longer than nearly all training
+texts (the 99th percentile) is a segment of its own: the model has seen
+such sentences, and cutting one would lose entities. Only a longer
 sentence is cut, at token boundaries, into overlapping pieces about as long
 as most training texts; each piece keeps only the spans that start in its
 own part of the overlap, so an entity at a cut is found whole by one piece
@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import numpy
 from spacy.pipeline import Sentencizer
@@ -30,6 +30,9 @@ from spacy.tokens import Doc
 CountTokens = Callable[[Sequence[str]], List[int]]
 
 _SENTENCIZER = Sentencizer()
+# A line of at most this many tokens (with its line break) that ends
+# without punctuation still ends a sentence: headlines, datelines, bylines.
+SHORT_LINE = 10
 # The segment budget is this percentile of the training texts' lengths in
 # model tokens (chosen on CoNLL-03 dev sentences 0-499; see the README).
 SEGMENT_PERCENTILE = 50
@@ -37,6 +40,10 @@ SEGMENT_PERCENTILE = 50
 # training texts' lengths (or of the budget, when that is larger): pieces
 # about as long as most training texts.
 PIECE_PERCENTILE = 90
+# A sentence up to this percentile of the training lengths is decoded
+# whole; beyond it (a run-on of table rows or headlines the rules did not
+# split) it is cut into pieces. Not the maximum: one outlier sets that.
+LONGEST_PERCENTILE = 99
 # The lengths of the shipped default model's training texts (CoNLL-03 train).
 TRAINING_TEXTS = Path(__file__).parent / "default_model" / "training_texts.json"
 
@@ -46,7 +53,7 @@ class TrainedLengths:
     """What the segments are sized by, from the training texts' lengths in
     model tokens: the packing budget, the size of the pieces a sentence
     too long to decode whole is cut into, and the longest sentence decoded
-    whole (the longest training text)."""
+    whole (the 99th percentile)."""
 
     budget: int
     piece: int
@@ -55,8 +62,10 @@ class TrainedLengths:
     @classmethod
     def from_lengths(cls, lengths: Sequence[int]) -> "TrainedLengths":
         values = numpy.asarray(lengths)
-        budget, piece = (max(1, int(numpy.percentile(values, p))) for p in (SEGMENT_PERCENTILE, PIECE_PERCENTILE))
-        return cls(budget, piece, int(values.max()))
+        budget, piece, longest = (
+            max(1, int(numpy.percentile(values, p))) for p in (SEGMENT_PERCENTILE, PIECE_PERCENTILE, LONGEST_PERCENTILE)
+        )
+        return cls(budget, piece, longest)
 
     def to_list(self) -> List[int]:
         return [self.budget, self.piece, self.longest]
@@ -89,16 +98,29 @@ class Segment:
 
 def sentences(doc: Doc) -> List[Tuple[int, int]]:
     """Token ranges of the doc's sentences: its own, or the rule-based ones
-    (sentence-final punctuation, and line breaks: headlines and datelines
-    end without a full stop)."""
+    (sentence-final punctuation, blank lines, and line breaks after short
+    lines: headlines and datelines end without a full stop)."""
     if doc.has_annotation("SENT_START"):
         return [(s.start, s.end) for s in doc.sents]
     guesses = _SENTENCIZER.predict([doc])[0]
-    starts = [
-        i for i, is_start in enumerate(guesses)
-        if i == 0 or is_start or (doc[i - 1].is_space and "\n" in doc[i - 1].text and not doc[i].is_space)
-    ]
+    starts: List[int] = []
+    line_start, line_length = 0, 0  # of the line that the last break ended
+    for i, token in enumerate(doc):
+        if i == 0 or guesses[i]:
+            starts.append(i)
+        elif _line_break(doc[i - 1]) and not token.is_space:
+            # A blank line, or a line break after a short line (a headline,
+            # dateline or byline), ends a sentence; a hard wrap inside a
+            # paragraph does not.
+            if doc[i - 1].text.count("\n") > 1 or line_length <= SHORT_LINE:
+                starts.append(i)
+        if _line_break(token):
+            line_start, line_length = i + 1, i - line_start
     return list(zip(starts, starts[1:] + [len(doc)]))
+
+
+def _line_break(token: Any) -> bool:
+    return token.is_space and "\n" in token.text
 
 
 def _chars(doc: Doc, start: int, end: int) -> Tuple[int, int]:
@@ -173,7 +195,9 @@ def _split_sentence(doc: Doc, text: str, start: int, end: int, count_tokens: Cou
     up to an eighth of the budget that starts near a cut is whole in the
     piece that keeps it."""
     tokens = [t for t in doc[start:end] if not t.is_space]
-    sizes = count_tokens([t.text_with_ws for t in tokens])
+    # Byte-level tokenizers fold a space into the word after it: count each
+    # token with the space before it, as it reads inside the piece.
+    sizes = count_tokens([(" " if k and tokens[k - 1].whitespace_ else "") + t.text for k, t in enumerate(tokens)])
     overlap = max(1, budget // 4)
     pieces: List[Tuple[int, int]] = []  # token index ranges into `tokens`
     first = 0
@@ -193,7 +217,8 @@ def _split_sentence(doc: Doc, text: str, start: int, end: int, count_tokens: Cou
         while back - 1 > first and carried + sizes[back - 1] <= overlap:
             back -= 1
             carried += sizes[back]
-        first = back
+        # No overlap before a token that could not share a piece with it.
+        first = back if carried + sizes[last] <= budget else last
     return _pieces_to_segments(text, tokens, pieces, count_tokens, budget)
 
 
@@ -214,19 +239,30 @@ def _pieces_to_segments(
         start = tokens[first].idx
         end = tokens[last - 1].idx + len(tokens[last - 1].text)
         if last - first == 1 and count_tokens([text[start:end]])[0] > budget:
-            segments.extend(_split_chars(start, end, budget, keep_start, keep_end))
+            segments.extend(_split_chars(text, start, end, count_tokens, budget, keep_start, keep_end))
         else:
             segments.append(Segment(start, end, keep_start, keep_end))
     return segments
 
 
-def _split_chars(start: int, end: int, budget: int, keep_start: int, keep_end: int) -> List[Segment]:
+def _split_chars(
+    text: str, start: int, end: int, count_tokens: CountTokens, budget: int, keep_start: int, keep_end: int
+) -> List[Segment]:
     """A single token longer than the budget (a URL, a 10,000-character
-    string), cut into pieces of `budget // 4` characters: a character is at
-    most four byte-level tokens."""
-    step = max(1, budget // 4)
-    out = []
-    for s in range(start, end, step):
+    string), cut into pieces of characters that fit it: the longest step
+    whose first piece fits, from four characters per token down (a
+    character is at most four byte-level tokens), each piece checked."""
+    step = max(1, budget * 4)
+    while step > max(1, budget // 4) and count_tokens([text[start : start + step]])[0] > budget:
+        step //= 2
+    bounds: List[Tuple[int, int]] = []
+    s = start
+    while s < end:
         e = min(s + step, end)
-        out.append(Segment(s, e, keep_start if s == start else s, keep_end if e == end else e))
-    return out
+        while e - s > 1 and count_tokens([text[s:e]])[0] > budget:
+            e = s + (e - s) // 2
+        bounds.append((s, e))
+        s = e
+    return [
+        Segment(s, e, keep_start if s == start else s, keep_end if e == end else e) for s, e in bounds
+    ]

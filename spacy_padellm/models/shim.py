@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
@@ -26,7 +25,7 @@ import torch
 from thinc.api import PyTorchShim
 
 from ..errors import Errors
-from .hf_calls import hf_call
+from .hf_calls import LOAD_LOCK, hf_call
 from .loader import ModelSource, load_model, resolve_device
 
 logger = logging.getLogger("spacy_padellm")
@@ -61,6 +60,13 @@ def _library_versions() -> Dict[str, str]:
 class CausalLMShim(PyTorchShim):
     """Holds the causal LM and its tokenizer once loaded; empty until then."""
 
+    # Loading, merging, unmerging and training set-up check and change the
+    # model under the process-wide load lock that every call into
+    # transformers and peft holds, and that the component's first use holds
+    # too: one lock, so no two of them can wait for each other. (A class
+    # attribute: copies and pickles of a shim need no lock of their own.)
+    _lock = LOAD_LOCK
+
     def __init__(
         self,
         source: ModelSource,
@@ -85,18 +91,6 @@ class CausalLMShim(PyTorchShim):
         # Benchmarks switch this off to time the unmerged adapter.
         self.merge_when_predicting = True
         self._pid = os.getpid()
-        self._lock = threading.RLock()
-
-    def __getstate__(self) -> Dict[str, Any]:
-        # Locks cannot be copied or pickled (thinc's `Model.copy`, spawned
-        # processes); a copy gets a lock of its own.
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
 
     @property
     def is_loaded(self) -> bool:

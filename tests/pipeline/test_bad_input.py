@@ -37,10 +37,6 @@ def ents(doc):
     return [(e.text, e.label_) for e in doc.ents]
 
 
-def test_the_huge_doc_has_twenty_thousand_words():
-    assert len(HUGE.split()) >= 20000
-
-
 SLOW = pytest.mark.slow
 
 
@@ -69,6 +65,7 @@ def test_every_doc_comes_back_in_order(nlp, batch_size, n_process, with_huge):
         if i % 2:
             assert ents(doc) == alone[(i // 2) % len(NORMAL)], doc.text
     if with_huge:
+        assert len(HUGE.split()) >= 20000
         huge = docs[2 * BAD.index(HUGE)]
         assert huge._.padellm["fallbacks"]["segmented_docs"] == 1
         assert huge._.padellm["segments"] > 100
@@ -97,7 +94,8 @@ def test_concurrent_first_use_loads_once_and_matches_sequential(memorized_model_
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "deadlock: a thread never finished"
     assert errors == []
     assert len(loads) == 1
     assert [results[k] for k in range(4)] == [expected[k % len(NORMAL)] for k in range(4)]
