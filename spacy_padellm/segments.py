@@ -63,7 +63,10 @@ class TrainedLengths:
     def from_lengths(cls, lengths: Sequence[int]) -> "TrainedLengths":
         values = numpy.asarray(lengths)
         budget, piece, longest = (
-            max(1, int(numpy.percentile(values, p))) for p in (SEGMENT_PERCENTILE, PIECE_PERCENTILE, LONGEST_PERCENTILE)
+            # "higher": a length some training text has (with few texts the
+            # 99th percentile is the longest one, never cut)
+            max(1, int(numpy.percentile(values, p, method="higher")))
+            for p in (SEGMENT_PERCENTILE, PIECE_PERCENTILE, LONGEST_PERCENTILE)
         )
         return cls(budget, piece, longest)
 

@@ -137,7 +137,7 @@ def test_the_segment_budget_is_derived_from_training_texts_and_saved(memorized_n
     pipe = memorized_nlp.get_pipe("padellm_ner")
     lengths = pipe._count_many([t for t, _ in MEMORIZED])
     budget, piece, longest = pipe.cfg["trained_text_tokens"]
-    assert min(lengths) <= budget <= piece <= longest <= max(lengths)
+    assert min(lengths) <= budget <= piece <= longest == max(lengths)  # few texts: the longest is never cut
     assert pipe.segment_budget == budget and pipe.sentence_limit == longest
     copy = make_nlp(memorized_model_dir, labels=["LOC", "MISC", "PER"])
     copy.from_bytes(memorized_nlp.to_bytes())
