@@ -210,6 +210,17 @@ def scripted_nlp(tiny_model_dir):
     return nlp
 
 
+@pytest.fixture(scope="module")
+def memorized_nlp(memorized_model_dir):
+    """A pipeline on the memorizing model, initialized with its gold docs
+    (so its segment lengths come from them), shared by a test module."""
+    from spacy.training import Example
+
+    nlp = make_nlp(memorized_model_dir, labels=["LOC", "MISC", "PER"])
+    nlp.initialize(lambda: [Example(d, d) for d in memorized_gold_docs()])
+    return nlp
+
+
 def memorized_gold_docs(nlp=None):
     """The MEMORIZED texts as docs with their gold spans in the span group
     and the flat selection in `doc.ents`."""

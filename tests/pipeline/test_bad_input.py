@@ -3,9 +3,8 @@ normal sentences get the entities they get alone."""
 import threading
 
 import pytest
-from spacy.training import Example
 
-from ..conftest import MEMORIZED, make_nlp, memorized_gold_docs
+from ..conftest import MEMORIZED, make_nlp
 
 NORMAL = [t for t, _ in MEMORIZED]
 WORDS = "the of market said on Friday shares rose by percent in trading".split()
@@ -26,11 +25,9 @@ BAD = [
 ]
 
 
-@pytest.fixture(scope="module")
-def nlp(memorized_model_dir):
-    nlp = make_nlp(memorized_model_dir, labels=["LOC", "MISC", "PER"])
-    nlp.initialize(lambda: [Example(d, d) for d in memorized_gold_docs()])
-    return nlp
+@pytest.fixture
+def nlp(memorized_nlp):
+    return memorized_nlp
 
 
 def ents(doc):

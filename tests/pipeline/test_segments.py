@@ -2,11 +2,10 @@
 training texts; nothing is lost at segment boundaries."""
 import pytest
 import spacy
-from spacy.training import Example
 
 from spacy_padellm.segments import sentences, split_segments
 
-from ..conftest import MEMORIZED, make_nlp, memorized_gold_docs
+from ..conftest import MEMORIZED, make_nlp
 
 
 def count_words(texts):
@@ -99,13 +98,6 @@ def test_a_huge_token_is_cut_by_characters(tiny_model_dir):
     for s in segments:
         covered.update(range(s.start, s.end))
     assert all(i in covered for i, c in enumerate(doc.text) if not c.isspace())
-
-
-@pytest.fixture(scope="module")
-def memorized_nlp(memorized_model_dir):
-    nlp = make_nlp(memorized_model_dir, labels=["LOC", "MISC", "PER"])
-    nlp.initialize(lambda: [Example(d, d) for d in memorized_gold_docs()])
-    return nlp
 
 
 def ents(doc):
