@@ -15,7 +15,11 @@ the ratios are also given as the median of the per-block ratios.
         --out benchmarks/results/long_docs_cpu
 
 `--segment-tokens 20,42,64` compares segment budgets (the selection of
-the default was made that way on lines 0:500).
+the default was made that way on lines 0:500). `--sents` says where the
+sentences come from: `data` (the file's sentences as `doc.sents`, as a
+senter or parser would set them), `auto` (no `doc.sents`: the component's
+default split, the shipped senter) or `rules` (no `doc.sents`, and
+`sentence_split = "rules"`).
 """
 import argparse
 import json
@@ -38,6 +42,7 @@ import systems  # noqa: E402
 from line_range import line_range  # noqa: E402
 
 Sentence = Tuple[str, List[Tuple[int, int, str, str]]]
+SOURCES = {"data": "data", "auto": "the senter", "rules": "the rules"}
 
 
 def read_lines(path: Path, start: int, stop: int) -> List[Sentence]:
@@ -51,7 +56,7 @@ def joined_example(nlp: Language, sentences: Sequence[Sentence], data_sents: boo
     files' whitespace tokens (end inclusive), shifted to the joined doc.
     data_sents: the doc's `doc.sents` are the file's sentences (as a senter
     or parser would set them); otherwise it has none and the component
-    splits it by its rules."""
+    splits it itself."""
     words: List[str] = []
     ents: List[Tuple[int, int, str]] = []
     starts = set()
@@ -81,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--lines", type=line_range, default=(500, 1300), help="START:STOP of the data file")
     parser.add_argument("--sizes", default="10,50,200", help="sentences per doc, comma-separated")
     parser.add_argument("--segment-tokens", default="", help="segment budgets to compare (default: the pipeline's)")
-    parser.add_argument("--sents", default="rules", help="comma-separated: 'rules' (no doc.sents) and/or 'data' (the file's sentences as doc.sents)")
+    parser.add_argument("--sents", default="auto", help="comma-separated: 'data' (the file's sentences as doc.sents), 'auto' (none: the component splits them) and/or 'rules' (none, and sentence_split = 'rules')")
     parser.add_argument("--batch-size", type=int, default=64, help="nlp.pipe batch size (docs per call)")
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md)")
     args = parser.parse_args(argv)
@@ -96,8 +101,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(f"--lines holds {len(sentences)} sentences, fewer than the largest size {block}")
     # The reference: one doc per sentence, each decoded whole (no segments).
     modes = args.sents.split(",")
-    variants: List[Tuple[str, int, Optional[int], bool]] = [("sentences", 1, 0, False)] + [
-        (f"{n} per doc" + (f", segment_tokens {b}" if b else "") + f", sentences from {mode}", n, b, mode == "data")
+    if set(modes) - {"data", "auto", "rules"}:
+        parser.error(f"--sents takes data, auto and rules, not {args.sents!r}")
+    variants: List[Tuple[str, int, Optional[int], str]] = [("sentences", 1, 0, "data")] + [
+        (f"{n} per doc" + (f", segment_tokens {b}" if b else "") + f", sentences from {SOURCES[mode]}", n, b, mode)
         for mode in modes for b in budgets for n in sizes
     ]
     totals: Dict[str, Dict[str, Any]] = {v[0]: {"seconds": 0.0, "examples": [], "segments": 0, "docs": 0, "block_seconds": []} for v in variants}
@@ -106,9 +113,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     run(nlp, [joined_example(nlp, blocks[0][:2])], args.batch_size)  # load the model outside the timings
     for k, sents in enumerate(blocks):
         order = variants[k % len(variants) :] + variants[: k % len(variants)]
-        for name, n, budget, data_sents in order:
+        for name, n, budget, mode in order:
             pipe.cfg["segment_tokens"] = budget if budget is not None else configured
-            examples = [joined_example(nlp, sents[i : i + n], data_sents) for i in range(0, len(sents), n)]
+            pipe.cfg["sentence_split"] = "rules" if mode == "rules" else "auto"
+            examples = [joined_example(nlp, sents[i : i + n], mode == "data") for i in range(0, len(sents), n)]
             seconds, docs = run(nlp, examples, args.batch_size)
             for eg, doc in zip(examples, docs):
                 eg.predicted = doc
@@ -120,6 +128,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             entry["docs"] += len(docs)
             print(f"block {k + 1}/{len(blocks)} {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
     pipe.cfg["segment_tokens"] = configured
+    pipe.cfg["sentence_split"] = "auto"
     scorer = Scorer(nlp)
     base = totals["sentences"]
     rows = []

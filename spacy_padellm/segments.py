@@ -13,14 +13,20 @@ own part of the overlap, so an entity at a cut is found whole by one piece
 and never twice.
 
 The sentences come from `doc.sents` when a sentencizer, senter or parser set
-them, else from spaCy's rule-based `Sentencizer` rules plus line breaks (no
-model, and the doc itself is left unchanged).
+them. Else, for English, from a small `senter` shipped in the package
+(`default_model/senter`, 2 MB, trained by `corpus/sentence_docs.py` and
+`configs/senter_cpu.cfg` on CoNLL-03 train): spaCy's punctuation rules miss
+headlines, datelines and table rows, and a merged text loses entities
+(splitting one costs almost nothing). For other languages, or with
+`sentence_split = "rules"`, from spaCy's `Sentencizer` rules plus line
+breaks. No model is downloaded, and the doc itself is left unchanged.
 """
 import json
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy
 from spacy.pipeline import Sentencizer
@@ -46,6 +52,16 @@ PIECE_PERCENTILE = 90
 LONGEST_PERCENTILE = 99
 # The lengths of the shipped default model's training texts (CoNLL-03 train).
 TRAINING_TEXTS = Path(__file__).parent / "default_model" / "training_texts.json"
+# The shipped sentence splitter: a spaCy pipeline of one `senter`, and the
+# language it was trained for.
+SENTENCE_MODEL = Path(__file__).parent / "default_model" / "senter"
+SENTENCE_MODEL_LANG = "en"
+# How a doc without `doc.sents` is split: the shipped senter where the doc's
+# language is its own (else the rules), or always the rules.
+SENTENCE_SPLITS = ("auto", "rules")
+_SENTENCE_MODEL_LOCK = threading.Lock()
+SENTER_CHUNK = 4096
+SENTER_MARGIN = 16
 
 
 @dataclass(frozen=True)
@@ -99,12 +115,56 @@ class Segment:
         return self.keep_start <= span_start < self.keep_end
 
 
-def sentences(doc: Doc) -> List[Tuple[int, int]]:
-    """Token ranges of the doc's sentences: its own, or the rule-based ones
+def sentences(doc: Doc, split: str = "auto") -> List[Tuple[int, int]]:
+    """Token ranges of the doc's sentences: its own, else the shipped
+    senter's (`split = "auto"` and an English doc), else the rule-based ones
     (sentence-final punctuation, blank lines, and line breaks after short
     lines: headlines and datelines end without a full stop)."""
     if doc.has_annotation("SENT_START"):
         return [(s.start, s.end) for s in doc.sents]
+    model = sentence_model() if split == "auto" and doc.lang_ == SENTENCE_MODEL_LANG else None
+    if model is not None:
+        starts = [0] + [i for i in model(doc) if i > 0 and not doc[i].is_space]
+        return list(zip(starts, starts[1:] + [len(doc)]))
+    return _rule_sentences(doc)
+
+
+def sentence_model() -> Optional[Callable[[Doc], List[int]]]:
+    """The shipped senter as a function from a doc to the indices of the
+    tokens that start a sentence (the doc is not changed); None when the
+    package was installed without it."""
+    with _SENTENCE_MODEL_LOCK:  # threads on a cold start load it once
+        return _load_sentence_model(SENTENCE_MODEL)
+
+
+@lru_cache(maxsize=None)
+def _load_sentence_model(path: Path) -> Optional[Callable[[Doc], List[int]]]:
+    if not (path / "config.cfg").exists():
+        return None
+    import spacy
+
+    senter = spacy.load(path).get_pipe("senter")
+    start = list(senter.labels).index("S")
+
+    def starts(doc: Doc) -> List[int]:
+        # In chunks, so that a 200,000-word doc needs no more memory than a
+        # short one; each chunk has SENTER_MARGIN tokens of context on each
+        # side (more than the CNN's receptive field of 4 tokens).
+        found: List[int] = []
+        for first in range(0, len(doc), SENTER_CHUNK):
+            lo, hi = max(0, first - SENTER_MARGIN), min(len(doc), first + SENTER_CHUNK + SENTER_MARGIN)
+            chunk = doc if (lo, hi) == (0, len(doc)) else doc[lo:hi].as_doc()
+            scores = senter.model.ops.to_numpy(senter.model.predict([chunk])[0])
+            found.extend(
+                lo + int(i) for i in numpy.flatnonzero(scores.argmax(axis=1) == start)
+                if first <= lo + i < first + SENTER_CHUNK
+            )
+        return found
+
+    return starts
+
+
+def _rule_sentences(doc: Doc) -> List[Tuple[int, int]]:
     guesses = _SENTENCIZER.predict([doc])[0]
     starts: List[int] = []
     line_start, line_length = 0, 0  # of the line that the last break ended
@@ -133,12 +193,18 @@ def _chars(doc: Doc, start: int, end: int) -> Tuple[int, int]:
 
 
 def split_segments(
-    doc: Doc, count_tokens: CountTokens, budget: int, sentence_limit: int = 0, piece: int = 0
+    doc: Doc,
+    count_tokens: CountTokens,
+    budget: int,
+    sentence_limit: int = 0,
+    piece: int = 0,
+    split: str = "auto",
 ) -> List[Segment]:
     """Segments covering every token of `doc` (tokens that are only
-    whitespace need not be covered): whole sentences packed up to `budget`
-    model tokens, a sentence of up to `sentence_limit` tokens on its own,
-    longer ones in overlapping pieces of `piece` tokens (at least `budget`)."""
+    whitespace need not be covered): whole sentences (see `sentences` for
+    `split`) packed up to `budget` model tokens, a sentence of up to
+    `sentence_limit` tokens on its own, longer ones in overlapping pieces
+    of `piece` tokens (at least `budget`)."""
     sentence_limit = max(budget, sentence_limit)
     piece = min(max(budget, piece), sentence_limit)
     text = doc.text
@@ -147,7 +213,7 @@ def split_segments(
     if count_tokens([text])[0] <= budget:
         return [Segment(0, len(text), 0, len(text))]
     sents, ranges = [], []
-    for s, e in sentences(doc):
+    for s, e in sentences(doc, split):
         a, b = _chars(doc, s, e)
         if text[a:b].strip():
             sents.append((s, e))

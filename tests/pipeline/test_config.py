@@ -154,6 +154,8 @@ def test_every_shipped_config_builds_and_reads_its_corpora(path, tiny_model_dir,
     """What `spacy init fill-config` and `spacy debug config` check, plus the
     corpora: each config builds its pipeline and its readers read JSONL."""
     config = spacy.util.load_config(path, interpolate=False)
+    if config["nlp"]["pipeline"] == ["senter"]:
+        return check_senter_config(path, tmp_path)
     lang = config["nlp"]["lang"]
     row = ["吴重阳，中国国籍。", [0, 2, "吴重阳", "NAME"]] if lang == "zh" else ["Japan won .", [0, 0, "Japan", "LOC"]]
     lines = 3
@@ -185,6 +187,23 @@ def test_every_shipped_config_builds_and_reads_its_corpora(path, tiny_model_dir,
         sizes[name] = len(examples)
     if "genia" in path.name:
         assert sizes == {"train": 1269, "dev": 200}  # lines 1470-1669 stay held out
+
+
+def check_senter_config(path, tmp_path):
+    """The shipped sentence splitter's recipe: corpus/sentence_docs.py
+    writes what its readers read, sentence starts included."""
+    from corpus.sentence_docs import main as sentence_docs
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps([f"Leeds {i} Chelsea 1"]) for i in range(40)), encoding="utf8")
+    sentence_docs([str(data), str(tmp_path / "docs.spacy"), "--max-sentences", "5"])
+    overrides = {"paths.train": str(tmp_path / "docs.spacy"), "paths.dev": str(tmp_path / "docs.spacy")}
+    config = spacy.util.load_config(path, overrides=overrides, interpolate=True)
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    corpora = spacy.registry.resolve(config["corpora"])
+    examples = list(corpora["train"](nlp))
+    starts = sum(t.is_sent_start for eg in examples for t in eg.reference)
+    assert starts == 40 and len(examples) < 40
 
 
 def test_project_yml_is_valid_and_names_existing_configs():

@@ -30,12 +30,53 @@ def test_sentences_are_packed_whole_up_to_the_budget():
 def test_sentences_come_from_rules_when_the_doc_has_none():
     nlp = spacy.blank("en")
     doc = nlp("Peter went home . He slept ! Did he ? Yes")
-    assert [doc[s:e].text for s, e in sentences(doc)] == ["Peter went home .", "He slept !", "Did he ?", "Yes"]
+    assert [doc[s:e].text for s, e in sentences(doc, "rules")] == ["Peter went home .", "He slept !", "Did he ?", "Yes"]
     assert not doc.has_annotation("SENT_START")  # the user's doc is left as it was
     lines = nlp("SOCCER - SHEARER NAMED CAPTAIN\nLONDON 1996-08-30\n\nShearer was named captain .")
-    assert [lines[s:e].text.strip() for s, e in sentences(lines)] == [
+    assert [lines[s:e].text.strip() for s, e in sentences(lines, "rules")] == [
         "SOCCER - SHEARER NAMED CAPTAIN", "LONDON 1996-08-30", "Shearer was named captain ."
     ]
+
+
+# Headline, dateline and a results table, joined by spaces: no full stop
+# ends the dateline or the table rows, so the rules see three sentences.
+NEWS = [
+    "SOCCER - SHEARER NAMED AS ENGLAND CAPTAIN .",
+    "LONDON 1996-08-30",
+    "The new England soccer manager Glenn Hoddle named Alan Shearer as captain on Friday .",
+    "Leeds 2 Chelsea 1",
+    "Arsenal 3 Everton 0",
+]
+
+
+def test_the_shipped_senter_finds_sentences_the_rules_miss():
+    nlp = spacy.blank("en")
+    doc = nlp(" ".join(NEWS))
+    found = [doc[s:e].text for s, e in sentences(doc)]
+    assert len(sentences(doc, "rules")) == 3
+    assert found[:3] == NEWS[:3]
+    assert len(found) >= 4 and not doc.has_annotation("SENT_START")
+    assert [s for s, _ in sentences(doc)] == sorted({s for s, _ in sentences(doc)})
+
+
+def test_the_senter_reads_a_long_doc_in_chunks_with_the_same_result(monkeypatch):
+    """Chunks bound the senter's memory on a 200,000-word doc; their
+    margins make the boundaries the same as in one pass."""
+    from spacy_padellm import segments
+
+    nlp = spacy.blank("en")
+    doc = nlp(" ".join(NEWS * 6))
+    whole = sentences(doc)
+    monkeypatch.setattr(segments, "SENTER_CHUNK", 7)
+    assert sentences(doc) == whole
+    assert len(whole) >= 6 * 4
+
+
+def test_the_senter_is_english_only():
+    """Other languages (its training text is English news) get the rules."""
+    nlp = spacy.blank("de")
+    doc = nlp(" ".join(NEWS))
+    assert sentences(doc) == sentences(doc, "rules")
 
 
 def test_sentences_set_by_the_pipeline_are_used():
