@@ -346,6 +346,7 @@ def main() -> None:
     parser.add_argument("--train", type=Path, default=None, help="JSONL with the few-shot examples for spacy-llm")
     parser.add_argument("--profile-docs", type=int, default=50)
     parser.add_argument("--gpu", action="store_true", help="run the LLM rows on GPU 0")
+    parser.add_argument("--llama-cpp", action="store_true", help="add both modes on the llama.cpp backend (LlamaCpp.v1)")
     parser.add_argument("--no-throughput", action="store_true", help="skip the nlp.pipe throughput runs")
     parser.add_argument("--profile-only", action="store_true",
                         help="only the profile and the ablation of the two PaDeLLM modes (writes <out>_profile.*)")
@@ -357,6 +358,9 @@ def main() -> None:
     print(f"{len(docs)} docs from {args.path}", flush=True)
     builders = [lambda: rows.padellm("parallel", args.parallel, device),
                 lambda: rows.padellm("autoregressive", args.autoregressive, device)]
+    if args.llama_cpp:
+        builders += [lambda: rows.padellm("parallel", args.parallel, backend="llama.cpp"),
+                     lambda: rows.padellm("autoregressive", args.autoregressive, backend="llama.cpp")]
     for spec in args.pipeline:
         name, _, path = spec.partition("=")
         builders.append(lambda name=name, path=path: rows.spacy_pipeline(name, path))
@@ -377,15 +381,20 @@ def main() -> None:
         return
     print("latency at batch size 1", flush=True)
     tokens_before = {s.name: s.generated_tokens() for s in systems}
+    evaluated_before = {s.name: s.tokens_evaluated() for s in systems}
     latency = measure_latency(systems, docs)
+    evaluated = {s.name: s.tokens_evaluated() for s in systems}
     print("throughput", flush=True)
     throughput = {s.name: {} for s in systems} if args.no_throughput else measure_throughput(systems, docs, cuda=args.gpu)
     results = {s.name: summarize(s, docs, latency[s.name], throughput[s.name], tokens_before[s.name]) for s in systems}
     for name, mb in loaded_mb.items():
         results[name]["loaded_memory_mb"] = mb
+    for name, before in evaluated_before.items():
+        if before is not None:
+            results[name]["tokens_evaluated_per_doc"] = (evaluated[name] - before) / len(docs)
     print("profile", flush=True)
     for s in systems:
-        if s.kind == "padellm":
+        if s.kind == "padellm" and s.tokens_evaluated() is None:  # the profile hooks into torch
             results[s.name]["profile_ms_per_doc"] = profile(s, docs[: args.profile_docs])
             results[s.name]["ablation_ms_per_doc"] = ablation(s, docs[: args.profile_docs])
 

@@ -43,20 +43,33 @@ class System:
         if self.kind == "spacy-llm":
             self.nlp.get_pipe("llm")._model.batch_size = size
 
+    def tokens_evaluated(self) -> Optional[int]:
+        """Tokens the llama.cpp engine has evaluated so far (None on torch)."""
+        pipe = self.padellm_pipe()
+        engine = getattr(getattr(pipe, "_decoder", None), "engine", None)
+        return getattr(engine, "tokens_evaluated", None)
+
     def generated_tokens(self) -> Optional[int]:
         if self.kind == "spacy-llm":
             return self.nlp.get_pipe("llm")._model.generated_tokens
         return None
 
 
-def padellm(mode: str, path: Optional[str] = None, device: Optional[str] = None, lang: str = "en") -> System:
+LLAMA_CPP = {"@architectures": "spacy_padellm.LlamaCpp.v1"}
+
+
+def padellm(mode: str, path: Optional[str] = None, device: Optional[str] = None, lang: str = "en", backend: str = "torch") -> System:
     """A PaDeLLM component in `mode`: from a saved pipeline, or from
     `add_pipe` on `spacy.blank(lang)` with the default model and that mode's
     shipped adapter. `device` (e.g. "cuda:0") places the model without
-    needing cupy."""
+    needing cupy. `backend`: "torch" (CausalLM.v1) or "llama.cpp"
+    (LlamaCpp.v1, the same model merged into a Q8_0 GGUF file)."""
+    name = mode if backend == "torch" else f"{mode}, {backend}"
     if path:
         overrides = {"components.padellm_ner.model.device": device} if device else {}
-        system = System(mode, spacy.load(path, config=overrides), "padellm", notes=[f"pipeline {path}"])
+        if backend != "torch":
+            overrides = {"components.padellm_ner.model.@architectures": LLAMA_CPP["@architectures"]}
+        system = System(name, spacy.load(path, config=overrides), "padellm", notes=[f"pipeline {path}"])
         decoding = system.padellm_pipe().cfg["decoding"]
         if decoding != mode:
             raise ValueError(f"{path} decodes {decoding!r}, not {mode!r}")
@@ -65,9 +78,11 @@ def padellm(mode: str, path: Optional[str] = None, device: Optional[str] = None,
     config: dict = {"decoding": mode}
     if device:
         config["model"] = {"@architectures": "spacy_padellm.CausalLM.v1", "device": device}
+    if backend != "torch":
+        config["model"] = dict(LLAMA_CPP)
     nlp.add_pipe("padellm_ner", config=config)
     nlp.initialize()
-    return System(mode, nlp, "padellm", notes=["default model + shipped adapter"])
+    return System(name, nlp, "padellm", notes=["default model + shipped adapter", f"backend {backend}"])
 
 
 def spacy_pipeline(name: str, path: str) -> System:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 from spacy.tokens import Span
 
 from .decoding import add_stats, generation_text, start_branches
-from .engine import BranchDecoder
+from .backend import Backend
 from .prompt import PromptTokenizer
 from .types import Mention, TextPrediction
 
@@ -63,7 +63,7 @@ class AutoregressiveDecoding:
 
     def __init__(
         self,
-        engine: BranchDecoder,
+        engine: Backend,
         prompts: PromptTokenizer,
         labels: Sequence[str],
         *,
@@ -83,13 +83,14 @@ class AutoregressiveDecoding:
         if not texts:
             return []
         preds = [TextPrediction(fallbacks=Counter()) for _ in texts]
-        _, gens = start_branches(
+        prefixes, gens = start_branches(
             self.engine,
             [self.prompts.prefix(t) for t in texts],
             [self.prompts.structured_branch()],
             self.max_new_tokens,
             fused=self.fused_prefill,
         )
+        self.engine.release(prefixes)
         add_stats(preds, range(len(texts)), gens)
         for pred, gen in zip(preds, gens):
             line = generation_text(self.tokenizer, gen)

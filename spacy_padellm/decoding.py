@@ -10,7 +10,7 @@ import re
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .engine import BranchDecoder, Generation, PrefixCache
+from .backend import Backend, Generation
 from .prompt import PromptTokenizer
 from .types import Mention, TextPrediction
 
@@ -72,7 +72,7 @@ class ParallelDecoding:
 
     def __init__(
         self,
-        engine: BranchDecoder,
+        engine: Backend,
         prompts: PromptTokenizer,
         labels: Sequence[str],
         *,
@@ -145,6 +145,7 @@ class ParallelDecoding:
         todo = [key for key in mention_branches if key not in done]
         suffixes = [self.prompts.mention_branch(label, c, n) for _, label, c, n in todo]
         done.update(zip(todo, self._decode_bounded(prefixes, [i for i, _, _, _ in todo], suffixes)))
+        self.engine.release(prefixes)
         mention_gens = [done[key] for key in mention_branches]
         add_stats(preds, [b[0] for b in mention_branches], mention_gens)
         for (i, label, _, n), gen in zip(mention_branches, mention_gens):
@@ -156,7 +157,7 @@ class ParallelDecoding:
         return preds
 
     def _decode_bounded(
-        self, prefixes: PrefixCache, text_index: Sequence[int], suffixes: Sequence[Sequence[int]]
+        self, prefixes: Any, text_index: Sequence[int], suffixes: Sequence[Sequence[int]]
     ) -> List[Generation]:
         """The mention branches, in groups small enough that their key/value
         caches (each branch holds a copy of its text's) stay under
@@ -178,7 +179,7 @@ class ParallelDecoding:
         return gens
 
     def _finish_counts_with_mentions(
-        self, prefixes: PrefixCache, branches: Sequence[Tuple[int, str]], firsts: Sequence[Generation]
+        self, prefixes: Any, branches: Sequence[Tuple[int, str]], firsts: Sequence[Generation]
     ) -> Tuple[List[Generation], Dict[MentionKey, Generation]]:
         """Finish the count branches and, in the same forward calls, decode
         the mentions of the count each branch's first token spells ("3"
@@ -232,13 +233,13 @@ FUSED_MASK_LIMIT = 2**25
 
 
 def start_branches(
-    engine: BranchDecoder,
+    engine: Backend,
     prefixes: Sequence[Sequence[int]],
     suffixes: Sequence[Sequence[int]],
     max_new_tokens: int,
     fused: bool = True,
     first_token_bias: Optional[Dict[int, float]] = None,
-) -> Tuple[PrefixCache, List[Generation]]:
+) -> Tuple[Any, List[Generation]]:
     """Encode the prefixes and decode the first step's branches (the same
     suffixes behind every text), text-major. Fused, the prefill and the
     branches' first token are one forward call; unfused, two."""

@@ -16,27 +16,13 @@ the unpadded sequence would: the equivalence test compares against
 `model.generate()` on each full prompt.
 """
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .backend import Generation
 from .compat import cache_argument, output_cache
-
-
-@dataclass
-class Generation:
-    """Tokens of one branch, with the log-probability of each."""
-
-    token_ids: List[int]
-    logprobs: List[float]
-    stopped: bool  # ended with a stop token rather than at the token bound
-
-    @property
-    def probability(self) -> float:
-        """Product of the token probabilities, the stop token included."""
-        return math.exp(sum(self.logprobs))
 
 
 @dataclass
@@ -58,7 +44,8 @@ def _select_rows(cache: Any, rows: torch.Tensor) -> Any:
 
 
 class BranchDecoder:
-    """Greedy, batched decoding of branches that share per-text prefixes.
+    """Greedy, batched decoding of branches that share per-text prefixes:
+    the torch implementation of `backend.Backend`.
 
     model: a Hugging Face causal LM (optionally wrapped by peft).
     stop_ids (Collection[int]): tokens that end a branch (newline tokens, EOS).
@@ -74,6 +61,9 @@ class BranchDecoder:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def release(self, prefixes: PrefixCache) -> None:
+        """Nothing to do: the cache's tensors go with the last reference."""
 
     @torch.inference_mode()
     def encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> PrefixCache:

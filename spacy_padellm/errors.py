@@ -90,6 +90,38 @@ class Errors(metaclass=ErrorsWithCodes):
     E2072 = ("Cannot read the component's settings from '{path}': {reason}. The "
              "file was damaged after saving: save the pipeline again with "
              "`nlp.to_disk`, or restore the file from a copy.")
+    E2073 = ("`sentence_split` must be one of {options}, got {value!r}. It decides "
+             "how a doc without `doc.sents` is cut into sentences: 'auto' uses the "
+             "shipped sentence splitter for English docs (the rules otherwise), "
+             "'rules' always uses spaCy's punctuation rules. To use your own, add a "
+             "senter, parser or sentencizer before this component.")
+    E2080 = ("The llama.cpp backend (`spacy_padellm.LlamaCpp.v1`) needs llama-cpp-python, "
+             "which could not be imported ({reason}). Install it with `{install}` (it "
+             "builds from source: a C++ compiler and cmake, about 15 minutes on 2 cores), "
+             "or use `spacy_padellm.CausalLM.v1`, the torch backend, which needs nothing more.")
+    E2081 = ("llama.cpp could not load the GGUF file '{path}'. Check that the file is "
+             "complete (download or export it again), and that it is a model llama.cpp "
+             "supports; its log above says why.")
+    E2082 = ("A llama.cpp batch needs {needed} sequences at once, more than its limit of "
+             "{limit}. Lower the component's `batch_size`.")
+    E2083 = ("llama_decode failed with status {status} on {tokens} tokens (n_ctx {n_ctx}). "
+             "Status 1 means the KV cache is full: raise the model's `n_ctx` or lower the "
+             "component's `batch_size` or `segment_tokens`.")
+    E2084 = ("A llama.cpp batch needs {needed} KV cells, more than the context's n_ctx "
+             "of {n_ctx}. Raise `n_ctx` in [components.padellm_ner.model], or lower the "
+             "component's `batch_size` or `segment_tokens`.")
+    E2085 = ("The llama.cpp backend exports Llama-architecture models (SmolLM2, Llama) "
+             "only; '{source}' is a {arch!r} model. Use `spacy_padellm.CausalLM.v1` for it.")
+    E2086 = ("The llama.cpp backend only predicts: train with `spacy_padellm.CausalLM.v1` "
+             "(the torch backend), then load the trained pipeline with "
+             "`spacy.load(path, config={\"components.padellm_ner.model.@architectures\": "
+             "\"spacy_padellm.LlamaCpp.v1\"})`.")
+    E2087 = ("`export` must be one of {options}, got {value!r}: 'q8_0' or 'f16' merge "
+             "the adapter into the weights, 'lora' keeps the base file as it is and "
+             "applies the adapter at run time.")
+    E2088 = ("The pipeline at '{path}' was fully fine-tuned (its weights are saved, "
+             "not an adapter); the llama.cpp backend loads adapters only. Load it with "
+             "`spacy_padellm.CausalLM.v1`.")
     E2040 = ("zero_count_penalty must be a number of 0 or more (a log-probability "
             "subtracted from count 0 when a label's count is chosen), got {value!r}. "
             "0 turns it off; larger values predict more entities.")

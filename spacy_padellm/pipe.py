@@ -19,7 +19,7 @@ from .alignment import align_mentions
 from .errors import Errors, Warnings
 from .models.hf_calls import LOAD_LOCK
 from .prompt import prompt_text
-from .segments import Segment, TrainedLengths, default_lengths, split_segments
+from .segments import SENTENCE_SPLITS, Segment, TrainedLengths, default_lengths, split_segments
 from .types import ALIGNMENT_MODES, DECODING_MODES, DocPrediction, new_counter
 
 logger = logging.getLogger("spacy_padellm")
@@ -62,6 +62,7 @@ def install_extensions() -> None:
         "zero_count_penalty": 0.0,
         "max_text_tokens": None,
         "segment_tokens": None,
+        "sentence_split": "auto",
         "batch_size": 16,
         "alignment_mode": "expand",
         "annotate_ents": True,
@@ -87,6 +88,7 @@ def make_padellm_ner(
     zero_count_penalty: float,
     max_text_tokens: Optional[int],
     segment_tokens: Optional[int],
+    sentence_split: str,
     batch_size: int,
     alignment_mode: str,
     annotate_ents: bool,
@@ -114,6 +116,7 @@ def make_padellm_ner(
         zero_count_penalty=zero_count_penalty,
         max_text_tokens=max_text_tokens,
         segment_tokens=segment_tokens,
+        sentence_split=sentence_split,
         batch_size=batch_size,
         alignment_mode=alignment_mode,
         annotate_ents=annotate_ents,
@@ -192,6 +195,7 @@ class PaDeLLMNER(TrainablePipe):
         zero_count_penalty: float = 0.0,
         max_text_tokens: Optional[int] = None,
         segment_tokens: Optional[int] = None,
+        sentence_split: str = "auto",
         batch_size: int = 16,
         alignment_mode: str = "expand",
         annotate_ents: bool = True,
@@ -204,6 +208,8 @@ class PaDeLLMNER(TrainablePipe):
 
         if decoding not in DECODING_MODES:
             raise ValueError(Errors.E2001.format(mode=decoding, options=list(DECODING_MODES)))
+        if sentence_split not in SENTENCE_SPLITS:
+            raise ValueError(Errors.E2073.format(value=sentence_split, options=list(SENTENCE_SPLITS)))
         if alignment_mode not in ALIGNMENT_MODES:
             raise ValueError(Errors.E2002.format(mode=alignment_mode, options=list(ALIGNMENT_MODES)))
         for key, value in (
@@ -245,6 +251,7 @@ class PaDeLLMNER(TrainablePipe):
             "zero_count_penalty": float(zero_count_penalty),
             "max_text_tokens": max_text_tokens,
             "segment_tokens": segment_tokens,
+            "sentence_split": sentence_split,
             "trained_text_tokens": None,
             "batch_size": batch_size,
             "alignment_mode": alignment_mode,
@@ -321,12 +328,11 @@ class PaDeLLMNER(TrainablePipe):
     def _build_decoder(self) -> Any:
         from .autoregressive import AutoregressiveDecoding
         from .decoding import ParallelDecoding, stop_token_ids
-        from .engine import BranchDecoder
         from .prompt import PromptTemplate, PromptTokenizer
 
         tokenizer = self.shim.tokenizer
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        engine = BranchDecoder(self.shim.model, stop_token_ids(tokenizer), pad_id)
+        engine = self.shim.make_engine(stop_token_ids(tokenizer), pad_id)
         prompts = PromptTokenizer(tokenizer, PromptTemplate(self.cfg["template"]), self.cfg["label_definitions"])
         self._text_budget = self._compute_text_budget(prompts)
         if self.cfg["decoding"] == "autoregressive":
@@ -342,24 +348,9 @@ class PaDeLLMNER(TrainablePipe):
         )
 
     def context_length(self) -> Optional[int]:
-        """The longest sequence (text, branch and generation) decoded exactly.
-
-        Models with sliding-window layers (Gemma 3: 512 tokens) count only up
-        to their window: the engine's and the packed training's 4D masks give
-        every token its whole text, which equals the model's own attention
-        only while the sequence fits the window. Longer docs are windowed."""
-        config = self.shim.model.config
-        config = getattr(config, "text_config", None) or config
-        length = None
-        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            value = getattr(config, attr, None)
-            if isinstance(value, int) and value > 0:
-                length = value
-                break
-        window = getattr(config, "sliding_window", None)
-        if isinstance(window, int) and window > 0 and "sliding_attention" in (getattr(config, "layer_types", None) or []):
-            length = min(length, window) if length else window
-        return length
+        """The longest sequence (text, branch and generation) decoded exactly:
+        the backend's (see the shims' `context_length`)."""
+        return self.shim.context_length()
 
     def _compute_text_budget(self, prompts: Any) -> Optional[int]:
         """Model tokens left for the text once the prompt around it, the
@@ -421,9 +412,10 @@ class PaDeLLMNER(TrainablePipe):
         budget = self.segment_budget
         if budget is not None:
             piece = self._within_context(self.trained_lengths.piece)
-            return split_segments(doc, self._count_many, budget, self.sentence_limit, piece)
+            split = self.cfg.get("sentence_split", "auto")
+            return split_segments(doc, self._count_many, budget, self.sentence_limit, piece, split)
         if self._text_budget is not None:
-            return split_segments(doc, self._count_many, self._text_budget)
+            return split_segments(doc, self._count_many, self._text_budget, split="rules")
         text = doc.text
         return [Segment(0, len(text), 0, len(text))] if text.strip() else []
 

@@ -11,6 +11,7 @@ from thinc.api import ArgsKwargs, Model
 from thinc.shims.pytorch_grad_scaler import PyTorchGradScaler
 from spacy.util import SimpleFrozenDict
 
+from ..errors import Errors
 from .loader import ModelSource, logger, parse_device
 from .shim import CausalLMShim, FineTuning
 
@@ -83,6 +84,65 @@ def build_causal_lm(
         fine_tuning=FineTuning(fine_tuning, lora_r, lora_alpha, lora_dropout, list(lora_target_modules)),
     )
     model = Model("spacy_padellm_causal_lm", forward, init=init, shims=[shim], attrs={"default_adapter": default_adapter})
+    if default_adapter:
+        use_default_adapter(model, "parallel")
+    return model
+
+
+def build_llama_cpp(
+    name: Optional[str] = None,
+    package: Optional[str] = None,
+    gguf_file: Optional[str] = None,
+    revision: Optional[str] = None,
+    adapter: Optional[str] = None,
+    trust_remote_code: bool = False,
+    export: str = "q8_0",
+    n_ctx: int = 8192,
+    n_threads: Optional[int] = None,
+    dtype: str = "auto",
+    device: Optional[str] = None,
+    mixed_precision: bool = False,
+    grad_scaler_config: Dict[str, Any] = SimpleFrozenDict(),
+    fine_tuning: str = "lora",
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    lora_target_modules: List[str] = DEFAULT_LORA_TARGETS,
+) -> CausalLMModel:
+    """The same model as `CausalLM.v1` (same sources, same saved pipelines),
+    run by llama.cpp on CPU: the adapter is merged into a GGUF file once
+    (cached), and decoding uses `llama_cpp_engine.LlamaCppEngine`.
+
+    export (str): the merged file's weights, "q8_0" (default) or "f16"
+        ("f32" for tests).
+    n_ctx (int): KV cells shared by a batch's prefixes and branches.
+    n_threads (Optional[int]): CPU threads; llama.cpp's default otherwise.
+    dtype, device, mixed_precision, grad_scaler_config, fine_tuning, lora_*:
+        `CausalLM.v1`'s training and device settings, accepted so that a
+        pipeline trained on torch loads here by changing `@architectures`
+        alone; they do not apply (llama.cpp runs on CPU and predicts only).
+    Predicts only: train with `CausalLM.v1`.
+    """
+    from .gguf_export import EXPORT_TYPES
+    from .llama_cpp_shim import LlamaCppShim
+
+    if export not in EXPORT_TYPES:
+        raise ValueError(Errors.E2087.format(value=export, options=list(EXPORT_TYPES)))
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 256:
+        raise ValueError(Errors.E2003.format(name="n_ctx (at least 256)", value=n_ctx))
+    if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
+        raise ValueError(Errors.E2003.format(name="n_threads", value=n_threads))
+    if device and parse_device(device).type != "cpu":
+        logger.warning("LlamaCpp.v1 runs on CPU; device %r is ignored.", device)
+    default_adapter = name is None and package is None and adapter is None
+    shim = LlamaCppShim(
+        model_source(name, package, gguf_file, revision, trust_remote_code),
+        adapter=adapter,
+        export=export,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+    )
+    model = Model("spacy_padellm_llama_cpp", forward, init=init, shims=[shim], attrs={"default_adapter": default_adapter})
     if default_adapter:
         use_default_adapter(model, "parallel")
     return model

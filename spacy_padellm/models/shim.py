@@ -221,6 +221,32 @@ class CausalLMShim(PyTorchShim):
     def has_adapter(self) -> bool:
         return self._model is not None and hasattr(self._model, "peft_config")
 
+    def make_engine(self, stop_ids: List[int], pad_id: int) -> Any:
+        """The `backend.Backend` that decodes with this model."""
+        from ..engine import BranchDecoder
+
+        return BranchDecoder(self.model, stop_ids, pad_id)
+
+    def context_length(self) -> Optional[int]:
+        """The longest sequence (text, branch and generation) decoded exactly.
+
+        Models with sliding-window layers (Gemma 3: 512 tokens) count only up
+        to their window: the engine's and the packed training's 4D masks give
+        every token its whole text, which equals the model's own attention
+        only while the sequence fits the window. Longer docs are windowed."""
+        config = self.model.config
+        config = getattr(config, "text_config", None) or config
+        length = None
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                length = value
+                break
+        window = getattr(config, "sliding_window", None)
+        if isinstance(window, int) and window > 0 and "sliding_attention" in (getattr(config, "layer_types", None) or []):
+            length = min(length, window) if length else window
+        return length
+
     def _meta(self) -> Dict[str, Any]:
         return {
             "source": self.source.to_dict(),

@@ -271,6 +271,9 @@ class _ScriptedEngine:
         limits = [max_new_tokens] * len(suffixes) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         return [self._gen(self.rest if limit < 4 else "x\n") for limit in limits]
 
+    def release(self, prefixes):
+        self.calls.append(("release", prefixes))
+
 
 def test_speculated_mentions_are_redone_when_the_count_goes_on(lm):
     """First count tokens "1" and "0"; the "1" continues with "2\\n", so the
@@ -283,7 +286,7 @@ def test_speculated_mentions_are_redone_when_the_count_goes_on(lm):
     decoding.speculative_counts = True
     (pred,) = decoding(["Some text ."])
     assert pred.counts == {"PER": 12, "LOC": 2}  # "0" then "2\n" is 02 = 2 as well
-    assert engine.calls == [("first", 2), ("decode", 2 + 1), ("decode", 12 + 2)]
+    assert engine.calls == [("first", 2), ("decode", 2 + 1), ("decode", 12 + 2), ("release", "cache")]
     assert [m.n for m in pred.mentions] == list(range(1, 13)) + [1, 2]
 
 

@@ -84,6 +84,9 @@ def test_a_line_cut_by_the_token_bound_keeps_its_complete_pairs(tiny_model_dir):
         def encode_with_branches(self, prefixes, suffixes, max_new_tokens, first_token_bias=None):
             return None, [Generation(ids, [0.0] * len(ids), False) for _ in prefixes]
 
+        def release(self, prefixes):
+            pass
+
     decoding = AutoregressiveDecoding(CutEngine(), PromptTokenizer(tokenizer, PromptTemplate()), LABELS, max_new_tokens=len(ids))
     (pred,) = decoding(["Japan began the defence of their Asian Cup title ."])
     assert [(m.label, m.text) for m in pred.mentions] == [("LOC", "Japan")]

@@ -20,6 +20,9 @@ class GarbageEngine:
     def encode_prefixes(self, prefixes):
         return None
 
+    def release(self, prefixes):
+        pass
+
     def encode_with_branches(self, prefixes, suffixes, max_new_tokens, first_token_bias=None):
         every = [s for _ in prefixes for s in suffixes]
         return None, self.decode(None, [0] * len(every), every, max_new_tokens)

@@ -1,0 +1,68 @@
+"""The interface between the decoding schemes and an inference engine.
+
+`decoding.py` (PaDeLLM) and `autoregressive.py` (the baseline) only encode
+prefixes, start branches behind them and decode those greedily. Any engine
+that does that serves both: the torch engine (`engine.BranchDecoder`, fused
+prefill and speculative counts, used for training too) and llama.cpp
+(`llama_cpp_engine.LlamaCppEngine`, the fast CPU engine). Each returns
+`Generation`s; what a prefix handle holds is the engine's business (a
+key/value cache of torch tensors, or llama.cpp sequence ids).
+"""
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+
+
+@dataclass
+class Generation:
+    """Tokens of one branch, with the log-probability of each."""
+
+    token_ids: List[int]
+    logprobs: List[float]
+    stopped: bool  # ended with a stop token rather than at the token bound
+
+    @property
+    def probability(self) -> float:
+        """Product of the token probabilities, the stop token included."""
+        return math.exp(sum(self.logprobs))
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a decoding scheme needs from an engine.
+
+    Branches are greedy: each ends at a stop token (`stop_ids`) or at its
+    token bound, and every generated token comes with its log-probability
+    under the model (before any `first_token_bias`).
+    """
+
+    pad_id: int
+    stop_ids: List[int]
+
+    def encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> Any:
+        """Evaluate each prefix once; the handle is what `decode` forks from."""
+
+    def encode_with_branches(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        suffixes: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        first_token_bias: Optional[Dict[int, float]] = None,
+    ) -> Tuple[Any, List[Generation]]:
+        """`encode_prefixes`, then every suffix behind every prefix
+        (text-major), decoded: an engine may fuse the two."""
+
+    def decode(
+        self,
+        prefixes: Any,
+        text_index: Sequence[int],
+        suffixes: Sequence[Sequence[int]],
+        max_new_tokens: Union[int, Sequence[int]],
+        first_token_bias: Optional[Dict[int, float]] = None,
+    ) -> List[Generation]:
+        """One branch per suffix behind prefix `text_index[i]`, decoded to
+        its bound (one per branch, or one for all). The prefixes are left as
+        they were, so later calls can fork from them again."""
+
+    def release(self, prefixes: Any) -> None:
+        """The prefixes are no longer needed (their cache can be freed)."""

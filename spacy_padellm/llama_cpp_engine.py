@@ -1,0 +1,299 @@
+"""The llama.cpp implementation of `backend.Backend`, for fast CPU decoding.
+
+On a 2-core CPU the torch engine spends about 90 ms per forward call on
+PyTorch and transformers overhead, however few tokens the call carries;
+llama.cpp spends a few milliseconds. The PaDeLLM layout maps onto its
+sequences directly:
+
+- each text's prefix is evaluated once, as one sequence;
+- a branch is a new sequence that shares the prefix's cells
+  (`llama_memory_seq_cp` with a unified KV cache copies no data) and gets
+  its suffix and generated tokens at the positions after the prefix;
+- all branches of all texts advance together, one `llama_decode` per step,
+  each reading its own logits;
+- a branch's sequence is removed as soon as it stops, the prefixes when the
+  decoding scheme releases them.
+
+One context serves one process: calls are serialized by a lock (threads),
+and a forked child (`nlp.pipe(n_process=2)`) opens its own context, as a
+llama.cpp context does not survive a fork.
+"""
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy
+
+from .backend import Generation
+from .errors import Errors
+
+LLAMA_CPP_INSTALL = 'pip install "spacy-padellm[llama-cpp]"'
+# llama.cpp's limit on sequences per context.
+MAX_SEQUENCES = 256
+
+
+def import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as err:  # not installed, or built without a shared library
+        raise ImportError(Errors.E2080.format(install=LLAMA_CPP_INSTALL, reason=err)) from err
+    return llama_cpp
+
+
+@dataclass
+class Prefixes:
+    """Texts evaluated once: sequence `seqs[i]` holds text i's prefix,
+    `lengths[i]` tokens long."""
+
+    seqs: List[int]
+    lengths: List[int]
+
+
+class LlamaCppEngine:
+    """Greedy, batched decoding of branches behind shared prefixes, on a
+    GGUF model loaded by llama.cpp.
+
+    path: the GGUF file.
+    stop_ids, pad_id: as `engine.BranchDecoder`'s.
+    n_ctx: KV cells of the context (all prefixes and live branches of a
+        batch share them).
+    n_threads: CPU threads (default: llama.cpp's, the physical cores).
+    """
+
+    def __init__(
+        self, path: str, stop_ids: Sequence[int], pad_id: int, *, n_ctx: int = 8192, n_threads: Optional[int] = None
+    ) -> None:
+        self.path = str(path)
+        self.stop_ids = sorted(set(stop_ids))
+        self.pad_id = pad_id
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.tokens_evaluated = 0  # every token sent to llama_decode (benchmarks report it)
+        self._lock = threading.Lock()
+        self._pid: Optional[int] = None
+        self._open()
+
+    # --- the llama.cpp context ---------------------------------------------
+    def _open(self) -> None:
+        L = import_llama_cpp()
+        self._L = L
+        L.llama_backend_init()
+        mparams = L.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        self._model = L.llama_model_load_from_file(self.path.encode("utf8"), mparams)
+        if not self._model:
+            raise ValueError(Errors.E2081.format(path=self.path))
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = self.n_ctx
+        cparams.n_ubatch = min(512, self.n_ctx)
+        cparams.n_seq_max = MAX_SEQUENCES
+        cparams.kv_unified = True  # seq_cp shares cells instead of copying buffers
+        cparams.no_perf = True
+        if self.n_threads:
+            cparams.n_threads = cparams.n_threads_batch = self.n_threads
+        self._ctx = L.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise ValueError(Errors.E2081.format(path=self.path))
+        self._memory = L.llama_get_memory(self._ctx)
+        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self._model))
+        self.n_ctx_train = L.llama_model_n_ctx_train(self._model)
+        self._batch = L.llama_batch_init(self.n_ctx, 0, 1)
+        self._free = list(range(MAX_SEQUENCES - 1, -1, -1))
+        self._stop_set = set(self.stop_ids)
+        self._pid = os.getpid()
+
+    def _ensure_process(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's context is not ours
+            self._open()
+
+    def close(self) -> None:
+        L = getattr(self, "_L", None)
+        if L is None or self._pid != os.getpid():
+            return
+        L.llama_batch_free(self._batch)
+        L.llama_free(self._ctx)
+        L.llama_model_free(self._model)
+        self._L = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __getstate__(self) -> Dict[str, Any]:
+        keep = ("path", "stop_ids", "pad_id", "n_ctx", "n_threads")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(state["path"], state["stop_ids"], state["pad_id"], n_ctx=state["n_ctx"], n_threads=state["n_threads"])
+
+    # --- sequences and batches ---------------------------------------------
+    def _take(self, n: int) -> List[int]:
+        if n > len(self._free):
+            raise ValueError(Errors.E2082.format(needed=n, limit=MAX_SEQUENCES))
+        return [self._free.pop() for _ in range(n)]
+
+    def _drop(self, seqs: Sequence[int]) -> None:
+        for seq in seqs:
+            self._L.llama_memory_seq_rm(self._memory, seq, -1, -1)
+            self._free.append(seq)
+
+    def _run(self, tokens: Sequence[Tuple[int, int, int, bool]]) -> List[int]:
+        """Evaluate (token, position, sequence, wants logits) entries, in
+        calls of at most n_ctx tokens; the batch index of each entry that
+        wants logits, valid until the next call (the last call holds them
+        all when they are in it: callers ask for logits in one call only)."""
+        outputs: List[int] = []
+        batch = self._batch
+        for start in range(0, len(tokens), self.n_ctx):
+            chunk = tokens[start : start + self.n_ctx]
+            for i, (token, pos, seq, logits) in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = logits
+                if logits:
+                    outputs.append(i)
+            batch.n_tokens = len(chunk)
+            status = self._L.llama_decode(self._ctx, batch)
+            if status != 0:
+                raise RuntimeError(Errors.E2083.format(status=status, tokens=len(chunk), n_ctx=self.n_ctx))
+            self.tokens_evaluated += len(chunk)
+        return outputs
+
+    def _logits(self, index: int) -> numpy.ndarray:
+        pointer = self._L.llama_get_logits_ith(self._ctx, index)
+        return numpy.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
+
+    # --- Backend --------------------------------------------------------------
+    def encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> Prefixes:
+        if any(len(p) == 0 for p in prefixes):
+            raise ValueError("Every prefix needs at least one token.")
+        with self._lock:
+            self._ensure_process()
+            needed = sum(len(p) for p in prefixes)
+            if needed > self.n_ctx:
+                raise ValueError(Errors.E2084.format(needed=needed, n_ctx=self.n_ctx))
+            seqs = self._take(len(prefixes))
+            entries = [(int(t), pos, seq, False) for seq, prefix in zip(seqs, prefixes) for pos, t in enumerate(prefix)]
+            try:
+                self._run(entries)
+            except Exception:
+                self._drop(seqs)
+                raise
+            return Prefixes(seqs, [len(p) for p in prefixes])
+
+    def encode_with_branches(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        suffixes: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        first_token_bias: Optional[Dict[int, float]] = None,
+    ) -> Tuple[Prefixes, List[Generation]]:
+        handle = self.encode_prefixes(prefixes)
+        text_index = [i for i in range(len(prefixes)) for _ in suffixes]
+        every = [s for _ in prefixes for s in suffixes]
+        return handle, self.decode(handle, text_index, every, max_new_tokens, first_token_bias)
+
+    def release(self, prefixes: Prefixes) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                self._drop(prefixes.seqs)
+            prefixes.seqs = []
+
+    def decode(
+        self,
+        prefixes: Prefixes,
+        text_index: Sequence[int],
+        suffixes: Sequence[Sequence[int]],
+        max_new_tokens: Union[int, Sequence[int]],
+        first_token_bias: Optional[Dict[int, float]] = None,
+    ) -> List[Generation]:
+        n = len(suffixes)
+        if n == 0:
+            return []
+        if any(len(s) == 0 for s in suffixes):
+            raise ValueError("Every branch suffix needs at least one token.")
+        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(limits) != n or min(limits) < 1:
+            raise ValueError("max_new_tokens needs one positive bound per branch.")
+        with self._lock:
+            self._ensure_process()
+            used = sum(prefixes.lengths)
+            out: List[Generation] = []
+            begin = 0
+            while begin < n:
+                # As many branches as free sequences and cells allow.
+                end, cells = begin, 0
+                while end < n and end - begin < len(self._free):
+                    cost = len(suffixes[end]) + limits[end]
+                    if end > begin and used + cells + cost > self.n_ctx:
+                        break
+                    cells += cost
+                    end += 1
+                if used + cells > self.n_ctx:
+                    raise ValueError(Errors.E2084.format(needed=used + cells, n_ctx=self.n_ctx))
+                out.extend(
+                    self._decode_group(prefixes, text_index[begin:end], suffixes[begin:end], limits[begin:end], first_token_bias)
+                )
+                begin = end
+            return out
+
+    def _decode_group(
+        self,
+        prefixes: Prefixes,
+        text_index: Sequence[int],
+        suffixes: Sequence[Sequence[int]],
+        limits: Sequence[int],
+        first_token_bias: Optional[Dict[int, float]],
+    ) -> List[Generation]:
+        n = len(suffixes)
+        seqs = self._take(n)
+        tokens: List[List[int]] = [[] for _ in range(n)]
+        logprobs: List[List[float]] = [[] for _ in range(n)]
+        stopped = [False] * n
+        live = list(range(n))
+        try:
+            entries = []
+            positions = []
+            for k, (i, suffix) in enumerate(zip(text_index, suffixes)):
+                self._L.llama_memory_seq_cp(self._memory, prefixes.seqs[i], seqs[k], -1, -1)
+                start = prefixes.lengths[i]
+                entries.extend((int(t), start + j, seqs[k], j == len(suffix) - 1) for j, t in enumerate(suffix))
+                positions.append(start + len(suffix))
+            outputs = self._run(entries)
+            step = 0
+            while live:
+                logits = numpy.stack([self._logits(outputs[r]) for r in range(len(live))]).astype(numpy.float64)
+                log_p = logits - logits.max(axis=1, keepdims=True)
+                log_p -= numpy.log(numpy.exp(log_p).sum(axis=1, keepdims=True))
+                choose = log_p
+                if step == 0 and first_token_bias:
+                    choose = log_p.copy()
+                    ids = list(first_token_bias)
+                    choose[:, ids] += numpy.asarray(list(first_token_bias.values()))
+                next_ids = choose.argmax(axis=1)
+                entries, still = [], []
+                for r, k in enumerate(live):
+                    token = int(next_ids[r])
+                    tokens[k].append(token)
+                    logprobs[k].append(float(log_p[r, token]))
+                    stopped[k] = token in self._stop_set
+                    if stopped[k] or len(tokens[k]) >= limits[k]:
+                        self._drop([seqs[k]])
+                        continue
+                    still.append(k)
+                    entries.append((token, positions[k], seqs[k], True))
+                    positions[k] += 1
+                live = still
+                step += 1
+                if live:
+                    outputs = self._run(entries)
+        finally:
+            self._drop([seqs[k] for k in live])
+        return [Generation(t, lp, s) for t, lp, s in zip(tokens, logprobs, stopped)]

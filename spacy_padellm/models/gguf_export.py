@@ -1,0 +1,132 @@
+"""Writing a Hugging Face Llama-architecture model (adapter merged) as GGUF.
+
+llama.cpp reads GGUF only, and our models come as a Hugging Face base plus
+a peft adapter. The merged weights are written with the `gguf` package (no
+llama.cpp checkout, no conversion script). Two things differ from the
+Hugging Face layout: tensor names (gguf's own name map), and the rows of
+the query and key projections, which llama.cpp's RoPE expects interleaved
+per head (as its converter permutes them); skipping that permutation loses
+entities without any error.
+
+The tokenizer is written too (llama.cpp refuses a model without one), but
+the component tokenizes with the Hugging Face tokenizer and hands token ids
+to llama.cpp, so only the vocabulary's size and ids must agree.
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy
+
+from ..errors import Errors
+
+EXPORT_TYPES = ("q8_0", "f16", "f32")
+
+
+def _permute(weights: numpy.ndarray, n_head: int) -> numpy.ndarray:
+    """Hugging Face's rotate-half RoPE rows, in llama.cpp's interleaved order."""
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def _merges(tokenizer: Any) -> List[str]:
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"].get("merges", [])
+    return [m if isinstance(m, str) else " ".join(m) for m in merges]
+
+
+def _tokens(tokenizer: Any, vocab_size: int) -> Dict[str, Any]:
+    import gguf
+
+    special = set(tokenizer.all_special_ids)
+    added = set(tokenizer.get_added_vocab().values())
+    tokens, types = [], []
+    for i in range(vocab_size):
+        token = tokenizer.convert_ids_to_tokens(i) if i < len(tokenizer) else None
+        if token is None:  # embedding rows beyond the tokenizer (padding)
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(token)
+            types.append(
+                gguf.TokenType.CONTROL if i in special else gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.NORMAL
+            )
+    return {"tokens": tokens, "types": types}
+
+
+def export_gguf(model: Any, tokenizer: Any, path: Path, out_type: str = "q8_0", name: str = "padellm") -> Path:
+    """Write `model` (a Hugging Face Llama-architecture causal LM, adapter
+    merged) and `tokenizer` to the GGUF file `path`; 2D weights in
+    `out_type` ("q8_0", "f16" or "f32"), norms in float32."""
+    import gguf
+    import torch
+
+    if out_type not in EXPORT_TYPES:
+        raise ValueError(Errors.E2087.format(value=out_type, options=list(EXPORT_TYPES)))
+    config = model.config
+    arch = getattr(config, "model_type", "?")
+    if arch != "llama" or getattr(config, "rope_scaling", None):
+        raise ValueError(Errors.E2085.format(source=getattr(config, "_name_or_path", "the model"), arch=arch))
+    n_layers, n_head = config.num_hidden_layers, config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "f16": gguf.GGMLQuantizationType.F16, "f32": gguf.GGMLQuantizationType.F32}[out_type]
+    file_type = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32}[out_type]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    state = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in model.state_dict().items()}
+    vocab_size = state["model.embed_tokens.weight"].shape[0]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(vocab_size)
+    writer.add_file_type(file_type)
+    vocab = _tokens(tokenizer, vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(vocab["tokens"])
+    writer.add_token_types(vocab["types"])
+    writer.add_token_merges(_merges(tokenizer))
+    for key, setter in (("eos_token_id", writer.add_eos_token_id), ("bos_token_id", writer.add_bos_token_id), ("pad_token_id", writer.add_pad_token_id)):
+        value = getattr(tokenizer, key, None)
+        if isinstance(value, int):
+            setter(value)
+    writer.add_add_bos_token(False)
+
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    for hf_name, data in state.items():
+        if tied and hf_name == "lm_head.weight":
+            continue  # llama.cpp reads the embeddings as the output layer
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ValueError(Errors.E2085.format(source=f"tensor {hf_name}", arch=arch))
+        if hf_name.endswith("q_proj.weight"):
+            data = _permute(data, n_head)
+        elif hf_name.endswith("k_proj.weight"):
+            data = _permute(data, n_kv)
+        if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(gguf_name, data.astype(numpy.float32))
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            writer.add_tensor(gguf_name, data.astype(numpy.float16))
+        else:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -1,0 +1,214 @@
+"""The model side of the llama.cpp backend (`spacy_padellm.LlamaCpp.v1`).
+
+It takes the same model sources as the torch backend and saves pipelines
+the same way (a reference to the base, plus the adapter in peft's format),
+so a pipeline trained on torch loads here with one config change. What it
+runs is a GGUF file: the base with the adapter merged, written once by
+`gguf_export.py` from the torch model and kept in the user's cache
+(`$SPACY_PADELLM_CACHE/llama_cpp/`, keyed by the base files, the adapter's
+bytes, the export type and the library versions). Later loads read the
+cached file and the tokenizer saved beside it, and never load torch weights.
+A base given as a GGUF file with no adapter runs as it is.
+"""
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import srsly
+import torch
+
+from ..errors import Errors
+from .gguf_cache import _version, cache_root, discard, publish
+from .hf_calls import hf_call
+from .loader import ModelSource, load_model, locate, logger
+from .shim import ADAPTER_FILES, CausalLMShim, read_meta
+
+KEY_FILE = "key.json"
+MODEL_FILE = "model.gguf"
+FORMAT = 1
+
+
+class LlamaCppShim(CausalLMShim):
+    """Holds the GGUF file, the tokenizer and the llama.cpp engine."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        adapter: Optional[str] = None,
+        export: str = "q8_0",
+        n_ctx: int = 8192,
+        n_threads: Optional[int] = None,
+    ) -> None:
+        super().__init__(source, adapter=adapter, dtype="float32", device="cpu")
+        self.export = export
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.gguf_path: Optional[Path] = None
+        self._adapter_files: Dict[str, bytes] = {}
+        self._engine: Any = None
+        self._n_ctx_train: Optional[int] = None
+
+    # --- loading --------------------------------------------------------------
+    @property
+    def is_loaded(self) -> bool:
+        return self.gguf_path is not None
+
+    @property
+    def model(self) -> Any:
+        raise ValueError(Errors.E2086)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def has_adapter(self) -> bool:
+        return bool(self._adapter_files)
+
+    def load(self, adapter_dir: Optional[str] = None, *, reload: bool = False) -> None:
+        with self._lock:
+            if self.is_loaded and not reload:
+                return
+            adapter = adapter_dir or self.adapter
+            files = _read_adapter(adapter) if adapter else {}
+            entry = self._cached_entry(files, adapter)
+            from transformers import AutoTokenizer
+
+            with hf_call():
+                self.tokenizer = AutoTokenizer.from_pretrained(str(entry))
+            self._adapter_files = files
+            self.gguf_path = entry / MODEL_FILE
+            self._engine = None
+
+    def _cached_entry(self, adapter_files: Dict[str, bytes], adapter: Optional[str]) -> Path:
+        root = cache_root() or Path(tempfile.mkdtemp(prefix="spacy-padellm-llama-cpp-"))
+        key = self._key(adapter_files)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf8")).hexdigest()[:16]
+        entry = root / "llama_cpp" / f"{self.export}-{digest}"
+        if _is_complete(entry, key):
+            return entry
+        logger.info("Writing the llama.cpp model of %s (once; later loads reuse %s)", self.source.describe(), entry)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        try:
+            model, tokenizer = load_model(self.source, "float32", "cpu", adapter)
+            with hf_call():
+                if hasattr(model, "merge_and_unload"):
+                    model = model.merge_and_unload()
+                tokenizer.save_pretrained(str(tmp))
+            from .gguf_export import export_gguf
+
+            export_gguf(model, tokenizer, tmp / MODEL_FILE, self.export)
+            del model
+            (tmp / KEY_FILE).write_text(json.dumps(key, sort_keys=True), encoding="utf8")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return publish(tmp, entry, key)
+
+    def _key(self, adapter_files: Dict[str, bytes]) -> Dict[str, Any]:
+        """What the exported file depends on."""
+        location, local = locate(self.source)
+        base: List[Any] = [location]
+        if local:
+            for path in sorted(Path(location).iterdir()):
+                if path.is_file():
+                    stat = path.stat()
+                    base.append([path.name, stat.st_size, int(stat.st_mtime)])
+        adapter = hashlib.sha256()
+        for name in sorted(adapter_files):
+            adapter.update(name.encode() + adapter_files[name])
+        return {
+            "format": FORMAT,
+            "source": self.source.to_dict(),
+            "base_files": base,
+            "adapter_sha256": adapter.hexdigest() if adapter_files else None,
+            "export": self.export,
+            "versions": {p: _version(p) for p in ("transformers", "peft", "gguf", "torch")},
+        }
+
+    # --- inference ------------------------------------------------------------
+    def make_engine(self, stop_ids: List[int], pad_id: int) -> Any:
+        from ..llama_cpp_engine import LlamaCppEngine
+
+        with self._lock:
+            if self._engine is None or self._engine.stop_ids != sorted(set(stop_ids)):
+                self._engine = LlamaCppEngine(str(self.gguf_path), stop_ids, pad_id, n_ctx=self.n_ctx, n_threads=self.n_threads)
+            return self._engine
+
+    def context_length(self) -> Optional[int]:
+        engine = self._engine
+        train = engine.n_ctx_train if engine is not None else None
+        return min(x for x in (train, self.n_ctx) if x)
+
+    def merge_for_inference(self) -> None:
+        """Merged at export."""
+
+    def unmerge(self) -> None:
+        """Nothing to take out: the GGUF file holds merged weights."""
+
+    def ensure_fork_safe(self) -> None:
+        """The engine opens its own context in a forked process."""
+
+    def prepare_for_training(self) -> bool:
+        raise ValueError(Errors.E2086)
+
+    def __call__(self, inputs: Any, is_train: bool) -> Any:
+        raise ValueError(Errors.E2086)
+
+    # --- serialization ------------------------------------------------------
+    def _meta(self) -> Dict[str, Any]:
+        return {
+            "source": self.source.to_dict(),
+            "dtype": self.dtype,
+            "has_adapter": self.has_adapter or (not self.is_loaded and bool(self.adapter)),
+            "full_weights": False,
+            "fine_tuning": {"mode": "lora"},
+            "versions": {p: _version(p) for p in ("transformers", "peft", "llama_cpp_python")},
+        }
+
+    def _to_disk(self, path: Path) -> None:
+        srsly.write_json(path / "model.json", self._meta())
+        files = self._adapter_files or (_read_adapter(self.adapter) if not self.is_loaded and self.adapter else {})
+        if files:
+            (path / "adapter").mkdir(exist_ok=True)
+            for name, data in files.items():
+                (path / "adapter" / name).write_bytes(data)
+
+    def from_disk(self, path: Path) -> "LlamaCppShim":
+        path = Path(path)
+        meta = read_meta(path)
+        if meta.get("full_weights"):
+            raise ValueError(Errors.E2088.format(path=path))
+        with self._lock:
+            self.source = ModelSource.from_dict(meta["source"])
+            adapter = str(path / "adapter") if meta.get("has_adapter") else None
+            self.adapter = None
+            self.load(adapter_dir=adapter, reload=True)
+        return self
+
+
+def _read_adapter(directory: str) -> Dict[str, bytes]:
+    """The adapter's files, read once: a pipeline loaded from bytes reads
+    them from a temporary directory that is gone when it is saved again."""
+    from .adapter_files import check_adapter_dir
+
+    check_adapter_dir(directory)
+    return {name: (Path(directory) / name).read_bytes() for name in ADAPTER_FILES if (Path(directory) / name).exists()}
+
+
+def _is_complete(entry: Path, key: Dict[str, Any]) -> bool:
+    try:
+        record = json.loads((entry / KEY_FILE).read_text(encoding="utf8"))
+    except (OSError, ValueError):
+        return False
+    if record != json.loads(json.dumps(key, sort_keys=True)):
+        return False
+    if not ((entry / MODEL_FILE).is_file() and (entry / "tokenizer_config.json").is_file()):
+        discard(entry)
+        return False
+    return True

@@ -1,0 +1,98 @@
+"""The llama.cpp backend: the same greedy tokens as the torch engine, on a
+tiny model written to GGUF at test time, and the same pipeline results after
+a one-line config change."""
+import sys
+
+import pytest
+import spacy
+
+from spacy_padellm.engine import BranchDecoder
+
+from ..conftest import MEMORIZED
+
+LLAMA_CPP = {"components.padellm_ner.model.@architectures": "spacy_padellm.LlamaCpp.v1",
+             "components.padellm_ner.model.export": "f32"}
+
+
+def test_without_llama_cpp_the_error_names_the_install_command(monkeypatch):
+    from spacy_padellm.llama_cpp_engine import LLAMA_CPP_INSTALL, import_llama_cpp
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(ImportError, match="E2080") as err:
+        import_llama_cpp()
+    assert LLAMA_CPP_INSTALL in str(err.value)
+
+
+def test_the_architecture_checks_its_settings():
+    from spacy_padellm.registry import llama_cpp_v1
+
+    with pytest.raises(ValueError, match="E2087"):
+        llama_cpp_v1(export="q4")
+    with pytest.raises(ValueError, match="n_ctx"):
+        llama_cpp_v1(n_ctx=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_model_dir, tmp_path_factory):
+    pytest.importorskip("llama_cpp")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spacy_padellm.models.gguf_export import export_gguf
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    path = export_gguf(model, tokenizer, tmp_path_factory.mktemp("gguf") / "tiny.gguf", "f32")
+    return model, tokenizer, path
+
+
+def test_greedy_tokens_equal_the_torch_engine(tiny_gguf):
+    from spacy_padellm.decoding import stop_token_ids
+    from spacy_padellm.llama_cpp_engine import LlamaCppEngine
+
+    model, tokenizer, path = tiny_gguf
+    stops = stop_token_ids(tokenizer)
+    torch_engine = BranchDecoder(model, stops, tokenizer.eos_token_id)
+    engine = LlamaCppEngine(str(path), stops, tokenizer.eos_token_id, n_ctx=1024, n_threads=1)
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prefixes = [ids("Japan began the defence of their Asian Cup title ."), ids("China beat China .")]
+    suffixes = [ids("\nLOC\n<num>"), ids("\nPER\n<mention 1>"), ids("\nMISC")]
+    text_index = [0, 0, 1, 1, 0]
+    branches = [suffixes[0], suffixes[1], suffixes[1], suffixes[2], suffixes[2]]
+    limits = [6, 3, 9, 1, 12]
+    expected = torch_engine.decode(torch_engine.encode_prefixes(prefixes), text_index, branches, limits)
+    handle = engine.encode_prefixes(prefixes)
+    got = engine.decode(handle, text_index, branches, limits)
+    again = engine.decode(handle, text_index[::-1], branches[::-1], limits[::-1])  # the prefixes are left as they were
+    engine.release(handle)
+    assert [g.token_ids for g in got] == [g.token_ids for g in expected]
+    assert [g.stopped for g in got] == [g.stopped for g in expected]
+    for g, e in zip(got, expected):
+        assert g.logprobs == pytest.approx(e.logprobs, abs=1e-3)
+    assert [g.token_ids for g in again] == [g.token_ids for g in expected][::-1]
+    assert len(engine._free) == 256  # every sequence was released
+    bias = {expected[0].token_ids[0]: -1e9}  # the first token may not be the greedy one
+    (biased,) = engine.decode(engine.encode_prefixes(prefixes[:1]), [0], [suffixes[0]], 2, first_token_bias=bias)
+    assert biased.token_ids[0] != expected[0].token_ids[0]
+
+
+def test_a_pipeline_trained_on_torch_predicts_the_same_on_llama_cpp(memorized_nlp, tmp_path):
+    pytest.importorskip("llama_cpp")
+    texts = [t for t, _ in MEMORIZED]
+    expected = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in memorized_nlp.pipe(texts)]
+    assert any(expected)
+    memorized_nlp.to_disk(tmp_path / "pipeline")
+    nlp = spacy.load(tmp_path / "pipeline", config=LLAMA_CPP)
+    got = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(texts)]
+    assert got == expected
+    long = nlp(" ".join(texts * 5))  # segments of one doc batched together
+    assert len(long.ents) == 5 * sum(map(len, expected))
+    nlp.to_disk(tmp_path / "again")  # saved as it was loaded: the same adapter
+    again = spacy.load(tmp_path / "again", config=LLAMA_CPP)
+    assert [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in again.pipe(texts)] == expected
+    from spacy.training import Example
+
+    example = Example(nlp.make_doc(texts[0]), nlp(texts[0]))
+    with pytest.raises(ValueError, match="E2086"):
+        nlp.update([example])  # training stays on torch
+    forked = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(texts * 2, n_process=2, batch_size=2)]
+    assert forked == expected * 2
