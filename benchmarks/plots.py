@@ -37,6 +37,9 @@ def markdown(report: Dict[str, Any]) -> str:
         cells = [f"{t[b]['docs_per_s']:.2f} ({t[b]['words_per_s']:.0f})" if b in t else "–" for b in BATCH_SIZES]
         memory = " / ".join(f"{t[b]['peak_memory_mb']:.0f}" if b in t else "–" for b in BATCH_SIZES)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {memory} | {_fmt(r.get('loaded_memory_mb'), 0)} |")
+    evaluated = [f"{name} {r['tokens_evaluated_per_doc']:.1f}" for name, r in systems.items() if r.get("tokens_evaluated_per_doc") is not None]
+    if evaluated:
+        lines += ["", "Tokens evaluated per doc by the llama.cpp engine (latency run): " + "; ".join(evaluated) + "."]
     lines += profile_lines(systems)
     notes = [f"- {name}: {'; '.join(r['notes'])}" for name, r in systems.items() if r["notes"]]
     if notes:

@@ -19,6 +19,7 @@ and a forked child (`nlp.pipe(n_process=2)`) opens its own context, as a
 llama.cpp context does not survive a fork.
 """
 import ctypes
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -29,16 +30,32 @@ import numpy
 from .backend import Generation
 from .errors import Errors
 
+logger = logging.getLogger("spacy_padellm")
 LLAMA_CPP_INSTALL = 'pip install "spacy-padellm[llama-cpp]"'
 # llama.cpp's limit on sequences per context.
 MAX_SEQUENCES = 256
 
 
+_LOG_CALLBACK: Any = None  # kept alive: llama.cpp holds a pointer to it
+GGML_LOG_ERROR = 4
+
+
 def import_llama_cpp() -> Any:
+    """llama_cpp, with its log quiet: llama.cpp prints hundreds of lines per
+    load to stderr; only its errors reach our logger."""
+    global _LOG_CALLBACK
     try:
         import llama_cpp
     except ImportError as err:  # not installed, or built without a shared library
         raise ImportError(Errors.E2080.format(install=LLAMA_CPP_INSTALL, reason=err)) from err
+    if _LOG_CALLBACK is None:
+
+        def log(level: int, text: bytes, user_data: Any) -> None:
+            if level == GGML_LOG_ERROR:
+                logger.warning("llama.cpp: %s", text.decode("utf8", "replace").rstrip())
+
+        _LOG_CALLBACK = llama_cpp.llama_log_callback(log)
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
     return llama_cpp
 
 
@@ -106,7 +123,13 @@ class LlamaCppEngine:
         self._pid = os.getpid()
 
     def _ensure_process(self) -> None:
-        if self._pid != os.getpid():  # forked: the parent's context is not ours
+        """In a forked process (`nlp.pipe(n_process=...)`), open a context of
+        our own with one thread: the parent's context is not ours, and
+        ggml's OpenMP thread pool, like torch's, hangs the first
+        multi-threaded call after a fork. With several processes one thread
+        each is also the right share of cores."""
+        if self._pid != os.getpid():
+            self.n_threads = 1
             self._open()
 
     def close(self) -> None:
@@ -269,20 +292,20 @@ class LlamaCppEngine:
             outputs = self._run(entries)
             step = 0
             while live:
-                logits = numpy.stack([self._logits(outputs[r]) for r in range(len(live))]).astype(numpy.float64)
-                log_p = logits - logits.max(axis=1, keepdims=True)
-                log_p -= numpy.log(numpy.exp(log_p).sum(axis=1, keepdims=True))
-                choose = log_p
-                if step == 0 and first_token_bias:
-                    choose = log_p.copy()
-                    ids = list(first_token_bias)
-                    choose[:, ids] += numpy.asarray(list(first_token_bias.values()))
+                logits = numpy.stack([self._logits(outputs[r]) for r in range(len(live))])
+                top = logits.max(axis=1, keepdims=True)
+                log_total = top[:, 0] + numpy.log(numpy.exp(logits - top).sum(axis=1))
+                choose = logits
+                if step == 0 and first_token_bias:  # a bias on log-probs is one on logits
+                    choose = logits.copy()
+                    choose[:, list(first_token_bias)] += numpy.asarray(list(first_token_bias.values()), dtype=logits.dtype)
                 next_ids = choose.argmax(axis=1)
+                chosen = logits[numpy.arange(len(live)), next_ids] - log_total
                 entries, still = [], []
                 for r, k in enumerate(live):
                     token = int(next_ids[r])
                     tokens[k].append(token)
-                    logprobs[k].append(float(log_p[r, token]))
+                    logprobs[k].append(float(chosen[r]))
                     stopped[k] = token in self._stop_set
                     if stopped[k] or len(tokens[k]) >= limits[k]:
                         self._drop([seqs[k]])

@@ -67,8 +67,12 @@ def export_gguf(model: Any, tokenizer: Any, path: Path, out_type: str = "q8_0", 
         raise ValueError(Errors.E2087.format(value=out_type, options=list(EXPORT_TYPES)))
     config = model.config
     arch = getattr(config, "model_type", "?")
-    if arch != "llama" or getattr(config, "rope_scaling", None):
-        raise ValueError(Errors.E2085.format(source=getattr(config, "_name_or_path", "the model"), arch=arch))
+    rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    scaled = rope.get("rope_type", rope.get("type", "default")) != "default"
+    if arch != "llama" or scaled:
+        kind = f"{arch} (RoPE scaling {rope.get('rope_type')!r})" if scaled else arch
+        raise ValueError(Errors.E2085.format(source=getattr(config, "_name_or_path", "the model"), arch=kind))
+    rope_theta = float(getattr(config, "rope_theta", None) or rope.get("rope_theta", 10000.0))
     n_layers, n_head = config.num_hidden_layers, config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_head
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
@@ -90,7 +94,7 @@ def export_gguf(model: Any, tokenizer: Any, path: Path, out_type: str = "q8_0", 
     writer.add_rope_dimension_count(head_dim)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", 10000.0)))
+    writer.add_rope_freq_base(rope_theta)
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_vocab_size(vocab_size)
     writer.add_file_type(file_type)
