@@ -90,7 +90,7 @@ class AutoregressiveDecoding:
             self.max_new_tokens,
             fused=self.fused_prefill,
         )
-        self.engine.release(prefixes)
+        self.engine.release(prefixes)  # one branch per text, all done
         add_stats(preds, range(len(texts)), gens)
         for pred, gen in zip(preds, gens):
             line = generation_text(self.tokenizer, gen)

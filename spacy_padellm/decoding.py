@@ -126,26 +126,28 @@ class ParallelDecoding:
             fused=self.fused_prefill,
             first_token_bias=self.count_bias,
         )
-        done: Dict[MentionKey, Generation] = {}
-        if speculate:
-            count_gens, done = self._finish_counts_with_mentions(prefixes, branches, count_gens)
-        add_stats(preds, [i for i, _ in branches], count_gens)
-        mention_branches: List[MentionKey] = []
-        for (i, label), gen in zip(branches, count_gens):
-            if not gen.stopped:
-                preds[i].fallbacks["truncated_generations"] += 1
-            count, fallback = parse_count(generation_text(self.tokenizer, gen), self.max_count)
-            if fallback:
-                preds[i].fallbacks[fallback] += 1
-            if count >= self.max_count:
-                preds[i].fallbacks["possible_undercounts"] += 1
-            preds[i].counts[label] = count
-            mention_branches.extend((i, label, count, n) for n in range(1, count + 1))
+        try:  # the engine's cache of these prefixes is freed whatever happens
+            done: Dict[MentionKey, Generation] = {}
+            if speculate:
+                count_gens, done = self._finish_counts_with_mentions(prefixes, branches, count_gens)
+            add_stats(preds, [i for i, _ in branches], count_gens)
+            mention_branches: List[MentionKey] = []
+            for (i, label), gen in zip(branches, count_gens):
+                if not gen.stopped:
+                    preds[i].fallbacks["truncated_generations"] += 1
+                count, fallback = parse_count(generation_text(self.tokenizer, gen), self.max_count)
+                if fallback:
+                    preds[i].fallbacks[fallback] += 1
+                if count >= self.max_count:
+                    preds[i].fallbacks["possible_undercounts"] += 1
+                preds[i].counts[label] = count
+                mention_branches.extend((i, label, count, n) for n in range(1, count + 1))
 
-        todo = [key for key in mention_branches if key not in done]
-        suffixes = [self.prompts.mention_branch(label, c, n) for _, label, c, n in todo]
-        done.update(zip(todo, self._decode_bounded(prefixes, [i for i, _, _, _ in todo], suffixes)))
-        self.engine.release(prefixes)
+            todo = [key for key in mention_branches if key not in done]
+            suffixes = [self.prompts.mention_branch(label, c, n) for _, label, c, n in todo]
+            done.update(zip(todo, self._decode_bounded(prefixes, [i for i, _, _, _ in todo], suffixes)))
+        finally:
+            self.engine.release(prefixes)
         mention_gens = [done[key] for key in mention_branches]
         add_stats(preds, [b[0] for b in mention_branches], mention_gens)
         for (i, label, _, n), gen in zip(mention_branches, mention_gens):

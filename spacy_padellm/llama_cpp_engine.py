@@ -221,7 +221,11 @@ class LlamaCppEngine:
         handle = self.encode_prefixes(prefixes)
         text_index = [i for i in range(len(prefixes)) for _ in suffixes]
         every = [s for _ in prefixes for s in suffixes]
-        return handle, self.decode(handle, text_index, every, max_new_tokens, first_token_bias)
+        try:
+            return handle, self.decode(handle, text_index, every, max_new_tokens, first_token_bias)
+        except BaseException:
+            self.release(handle)
+            raise
 
     def release(self, prefixes: Prefixes) -> None:
         with self._lock:

@@ -96,3 +96,18 @@ def test_a_pipeline_trained_on_torch_predicts_the_same_on_llama_cpp(memorized_nl
         nlp.update([example])  # training stays on torch
     forked = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(texts * 2, n_process=2, batch_size=2)]
     assert forked == expected * 2
+
+
+def test_a_batch_beyond_the_context_fails_clearly_and_frees_its_sequences(tiny_gguf):
+    from spacy_padellm.llama_cpp_engine import MAX_SEQUENCES, LlamaCppEngine
+
+    _, tokenizer, path = tiny_gguf
+    engine = LlamaCppEngine(str(path), [0], tokenizer.eos_token_id, n_ctx=256, n_threads=1)
+    prefix = tokenizer("China beat China in Beijing on Friday .", add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match="E2084"):
+        engine.encode_prefixes([prefix] * (256 // len(prefix) + 1))
+    with pytest.raises(ValueError, match="E2084"):
+        engine.encode_with_branches([prefix], [[5] * 100, [6] * 100], 200)  # each branch alone overflows
+    assert len(engine._free) == MAX_SEQUENCES
+    (gen,) = engine.decode(engine.encode_prefixes([prefix]), [0], [[5]], 3)  # still usable
+    assert len(gen.token_ids) >= 1
