@@ -14,7 +14,7 @@ and never twice.
 
 The sentences come from `doc.sents` when a sentencizer, senter or parser set
 them. Else, for English, from a small `senter` shipped in the package
-(`default_model/senter`, 2 MB, trained by `corpus/sentence_docs.py` and
+(`default_model/senter`, 3 MB, trained by `corpus/sentence_docs.py` and
 `configs/senter_cpu.cfg` on CoNLL-03 train): spaCy's punctuation rules miss
 headlines, datelines and table rows, and a merged text loses entities
 (splitting one costs almost nothing). For other languages, or with
