@@ -59,6 +59,13 @@ def import_llama_cpp() -> Any:
     return llama_cpp
 
 
+def available_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass
 class Prefixes:
     """Texts evaluated once: sequence `seqs[i]` holds text i's prefix,
@@ -76,7 +83,9 @@ class LlamaCppEngine:
     stop_ids, pad_id: as `engine.BranchDecoder`'s.
     n_ctx: KV cells of the context (all prefixes and live branches of a
         batch share them).
-    n_threads: CPU threads (default: llama.cpp's, the physical cores).
+    n_threads: CPU threads (default: the CPUs this process may use;
+        llama.cpp's own default of 4 oversubscribes a 2-core machine, see
+        benchmarks/results/llama_cpp_threads_cpu.md).
     """
 
     def __init__(
@@ -86,7 +95,7 @@ class LlamaCppEngine:
         self.stop_ids = sorted(set(stop_ids))
         self.pad_id = pad_id
         self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        self.n_threads = n_threads or available_cpus()
         self.tokens_evaluated = 0  # every token sent to llama_decode (benchmarks report it)
         self._lock = threading.Lock()
         self._pid: Optional[int] = None
@@ -109,8 +118,7 @@ class LlamaCppEngine:
         cparams.n_seq_max = MAX_SEQUENCES
         cparams.kv_unified = True  # seq_cp shares cells instead of copying buffers
         cparams.no_perf = True
-        if self.n_threads:
-            cparams.n_threads = cparams.n_threads_batch = self.n_threads
+        cparams.n_threads = cparams.n_threads_batch = self.n_threads
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise ValueError(Errors.E2081.format(path=self.path))

@@ -116,7 +116,8 @@ def build_llama_cpp(
     export (str): the merged file's weights, "q8_0" (default) or "f16"
         ("f32" for tests).
     n_ctx (int): KV cells shared by a batch's prefixes and branches.
-    n_threads (Optional[int]): CPU threads; llama.cpp's default otherwise.
+    n_threads (Optional[int]): CPU threads; by default the CPUs this
+        process may use.
     dtype, device, mixed_precision, grad_scaler_config, fine_tuning, lora_*:
         `CausalLM.v1`'s training and device settings, accepted so that a
         pipeline trained on torch loads here by changing `@architectures`
