@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 logger = logging.getLogger("spacy_padellm")
 
@@ -36,6 +36,8 @@ CACHE_ENV = "SPACY_PADELLM_CACHE"
 NO_CACHE_ENV = "SPACY_PADELLM_NO_CACHE"
 KEY_FILE = "cache_key.json"
 WEIGHTS_FILE = "model.safetensors"
+# What a converted entry must hold besides its key file.
+ENTRY_FILES = (WEIGHTS_FILE, "config.json")
 # Bump when what an entry holds changes, so old entries are not read.
 FORMAT = 1
 
@@ -129,28 +131,32 @@ def write_entry(directory: Path, model: Any, tokenizer: Any, key: Dict[str, Any]
     (directory / KEY_FILE).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf8")
 
 
-def publish(tmp: Path, entry: Path, key: Dict[str, Any]) -> Path:
+def publish(tmp: Path, entry: Path, key: Dict[str, Any], files: Sequence[str] = ENTRY_FILES) -> Path:
     """Rename the written entry into place; if another process got there
-    first, use its entry; a damaged one in the way is moved aside."""
+    first, use its entry; a damaged one in the way is moved aside. `files`:
+    what a complete entry holds (see `is_complete`)."""
     try:
         os.rename(tmp, entry)
         return entry
     except OSError:
-        if is_complete(entry, key):
+        if is_complete(entry, key, files):
             return entry
     discard(entry)
     os.rename(tmp, entry)
     return entry
 
 
-def is_complete(entry: Path, key: Dict[str, Any]) -> bool:
+def is_complete(entry: Path, key: Dict[str, Any], files: Sequence[str] = ENTRY_FILES) -> bool:
+    """Whether `entry` was written under `key` and holds `files` (the
+    converted model's by default; other caches, such as the llama.cpp
+    exports, name theirs)."""
     try:
         record = json.loads((entry / KEY_FILE).read_text(encoding="utf8"))
     except (OSError, ValueError):
         return False
     if not isinstance(record, dict) or any(record.get(k) != v for k, v in key.items()):
         return False
-    return (entry / WEIGHTS_FILE).is_file() and (entry / "config.json").is_file()
+    return all((entry / name).is_file() for name in files)
 
 
 def discard(entry: Path) -> None:

@@ -8,7 +8,8 @@ runs is a GGUF file: the base with the adapter merged, written once by
 (`$SPACY_PADELLM_CACHE/llama_cpp/`, keyed by the base files, the adapter's
 bytes, the export type and the library versions). Later loads read the
 cached file and the tokenizer saved beside it, and never load torch weights.
-A base given as a GGUF file with no adapter runs as it is.
+Entries are written and published as the GGUF conversion cache's are
+(`gguf_cache.publish`), so concurrent first loads are safe.
 """
 import hashlib
 import json
@@ -21,13 +22,13 @@ import srsly
 import torch
 
 from ..errors import Errors
-from .gguf_cache import _version, cache_root, discard, publish
+from .gguf_cache import KEY_FILE, _version, cache_root, is_complete, publish
 from .hf_calls import hf_call
 from .loader import ModelSource, load_model, locate, logger
 from .shim import ADAPTER_FILES, CausalLMShim, read_meta
 
-KEY_FILE = "key.json"
 MODEL_FILE = "model.gguf"
+ENTRY_FILES = (MODEL_FILE, "tokenizer_config.json")
 FORMAT = 1
 
 
@@ -50,7 +51,6 @@ class LlamaCppShim(CausalLMShim):
         self.gguf_path: Optional[Path] = None
         self._adapter_files: Dict[str, bytes] = {}
         self._engine: Any = None
-        self._n_ctx_train: Optional[int] = None
 
     # --- loading --------------------------------------------------------------
     @property
@@ -89,11 +89,11 @@ class LlamaCppShim(CausalLMShim):
         key = self._key(adapter_files)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf8")).hexdigest()[:16]
         entry = root / "llama_cpp" / f"{self.export}-{digest}"
-        if _is_complete(entry, key):
+        if is_complete(entry, key, ENTRY_FILES):
             return entry
         logger.info("Writing the llama.cpp model of %s (once; later loads reuse %s)", self.source.describe(), entry)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
         try:
             model, tokenizer = load_model(self.source, "float32", "cpu", adapter)
             with hf_call():
@@ -105,10 +105,9 @@ class LlamaCppShim(CausalLMShim):
             export_gguf(model, tokenizer, tmp / MODEL_FILE, self.export)
             del model
             (tmp / KEY_FILE).write_text(json.dumps(key, sort_keys=True), encoding="utf8")
-        except BaseException:
+            return publish(tmp, entry, key, ENTRY_FILES)
+        finally:  # gone already when published; left when another process won
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return publish(tmp, entry, key)
 
     def _key(self, adapter_files: Dict[str, bytes]) -> Dict[str, Any]:
         """What the exported file depends on."""
@@ -162,14 +161,9 @@ class LlamaCppShim(CausalLMShim):
 
     # --- serialization ------------------------------------------------------
     def _meta(self) -> Dict[str, Any]:
-        return {
-            "source": self.source.to_dict(),
-            "dtype": self.dtype,
-            "has_adapter": self.has_adapter or (not self.is_loaded and bool(self.adapter)),
-            "full_weights": False,
-            "fine_tuning": {"mode": "lora"},
-            "versions": {p: _version(p) for p in ("transformers", "peft", "llama_cpp_python")},
-        }
+        meta = super()._meta()
+        meta["versions"]["llama_cpp_python"] = _version("llama_cpp_python")
+        return meta
 
     def _to_disk(self, path: Path) -> None:
         srsly.write_json(path / "model.json", self._meta())
@@ -200,15 +194,3 @@ def _read_adapter(directory: str) -> Dict[str, bytes]:
     check_adapter_dir(directory)
     return {name: (Path(directory) / name).read_bytes() for name in ADAPTER_FILES if (Path(directory) / name).exists()}
 
-
-def _is_complete(entry: Path, key: Dict[str, Any]) -> bool:
-    try:
-        record = json.loads((entry / KEY_FILE).read_text(encoding="utf8"))
-    except (OSError, ValueError):
-        return False
-    if record != json.loads(json.dumps(key, sort_keys=True)):
-        return False
-    if not ((entry / MODEL_FILE).is_file() and (entry / "tokenizer_config.json").is_file()):
-        discard(entry)
-        return False
-    return True
