@@ -254,15 +254,17 @@ def profile(system: rows.System, docs: List[Doc]) -> Dict[str, float]:
 def ablation(system: rows.System, docs: List[Doc]) -> Dict[str, float]:
     """Mean latency (ms) at batch size 1 with the decoding shortcuts switched
     off one by one, variants rotated doc by doc. Every variant gives the same
-    entities; only the number of sequential forward calls differs."""
+    entities; only the sequential forward calls and the tokens evaluated differ."""
     pipe = system.padellm_pipe()
     pipe._ensure_loaded()
     decoder = pipe._decoder
+    switches = ("fused_prefill", "speculative_counts", "fork_mentions")
     if pipe.cfg["decoding"] == "parallel":
-        variants = {"fused + speculative counts": (True, True), "fused": (True, False), "neither": (False, False)}
+        variants = {"fused + forked mentions": (True, False, True), "fused + speculative counts": (True, True, False),
+                    "fused": (True, False, False), "neither": (False, False, False)}
     else:
-        variants = {"fused": (True, False), "not fused": (False, False)}
-    default = (decoder.fused_prefill, getattr(decoder, "speculative_counts", False))
+        variants = {"fused": (True,), "not fused": (False,)}
+    default = tuple(getattr(decoder, name) for name in switches[: len(next(iter(variants.values())))])
     system.set_batch_size(1)
     seconds: Dict[str, List[float]] = {name: [] for name in variants}
     names = list(variants)
@@ -270,18 +272,16 @@ def ablation(system: rows.System, docs: List[Doc]) -> Dict[str, float]:
         for i, doc in enumerate(docs):
             for k in range(len(names)):
                 name = names[(i + k) % len(names)]
-                decoder.fused_prefill, speculate = variants[name]
-                if hasattr(decoder, "speculative_counts"):
-                    decoder.speculative_counts = speculate
+                for switch, value in zip(switches, variants[name]):
+                    setattr(decoder, switch, value)
                 start = time.perf_counter()
                 system.nlp(doc.text)
                 seconds[name].append(time.perf_counter() - start)
     finally:
-        decoder.fused_prefill = default[0]
-        if hasattr(decoder, "speculative_counts"):
-            decoder.speculative_counts = default[1]
+        for switch, value in zip(switches, default):
+            setattr(decoder, switch, value)
     result = {name: 1000 * statistics.mean(v) for name, v in seconds.items()}
-    result["default here"] = next(name for name, v in variants.items() if v == default)
+    result["default here"] = next((name for name, v in variants.items() if v == default), "other")
     return result
 
 
@@ -394,7 +394,7 @@ def main() -> None:
             results[name]["tokens_evaluated_per_doc"] = (evaluated[name] - before) / len(docs)
     print("profile", flush=True)
     for s in systems:
-        if s.kind == "padellm" and s.tokens_evaluated() is None:  # the profile hooks into torch
+        if s.kind == "padellm" and s.on_torch():  # the profile hooks into torch
             results[s.name]["profile_ms_per_doc"] = profile(s, docs[: args.profile_docs])
             results[s.name]["ablation_ms_per_doc"] = ablation(s, docs[: args.profile_docs])
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import spacy
 import torch
 
-from spacy_padellm.training import items_for, loss_and_gradient, pack, separate
+from spacy_padellm.training import loss_and_gradient, make_item, pack, separate
 
 LABELS = ["PER", "ORG", "LOC", "MISC"]
 
@@ -50,7 +50,7 @@ def main() -> None:
     prompts = pipe._prompts()
     pad = pipe._decoder.engine.pad_id
     print(f"{len(docs)} texts; counting tokens", flush=True)
-    items = items_for(docs, prompts, LABELS, pipe.spans_key, pipe.cfg["max_count"])
+    items = [make_item(doc, prompts, LABELS, pipe.spans_key, pipe.cfg["max_count"]) for doc in docs]
     tokens_packed = sum(i.packed_length for i in items)
     tokens_separate = sum(len(i.prefix) * len(i.branches) + sum(len(b.ids) for b in i.branches) for i in items)
     branches = sum(len(i.branches) for i in items)

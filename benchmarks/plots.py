@@ -39,12 +39,46 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {memory} | {_fmt(r.get('loaded_memory_mb'), 0)} |")
     evaluated = [f"{name} {r['tokens_evaluated_per_doc']:.1f}" for name, r in systems.items() if r.get("tokens_evaluated_per_doc") is not None]
     if evaluated:
-        lines += ["", "Tokens evaluated per doc by the llama.cpp engine (latency run): " + "; ".join(evaluated) + "."]
+        lines += ["", "Tokens evaluated per doc by the engine (real tokens, padding not counted; latency run): " + "; ".join(evaluated) + "."]
+    lines += by_entities_lines(systems)
     lines += profile_lines(systems)
     notes = [f"- {name}: {'; '.join(r['notes'])}" for name, r in systems.items() if r["notes"]]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+ENTITY_BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 3), (4, 5), (6, 10**6))
+
+
+def by_entities_lines(systems: Dict[str, Any]) -> List[str]:
+    """Mean latency at batch size 1 by the number of gold entities in the
+    doc, and PaDeLLM's ratio to the autoregressive row of the same backend."""
+    def mean_in(r: Dict[str, Any], low: int, high: int) -> Any:
+        values = [p["ms"] for p in r["latency_by_doc"] if low <= p["n_ents"] <= high]
+        return (statistics.mean(values), len(values)) if values else (None, 0)
+
+    names = [n for n, r in systems.items() if r.get("kind") == "padellm"]
+    if not names:
+        return []
+    labels = [f"{lo}" if lo == hi else f"{lo}+" if hi > 100 else f"{lo}-{hi}" for lo, hi in ENTITY_BUCKETS]
+    lines = ["", "Mean latency (ms, batch size 1) by gold entities per doc; the ratio is the autoregressive row's "
+             "time over PaDeLLM's on the same backend (above 1: PaDeLLM is faster):", "",
+             "| entities | docs | " + " | ".join(names) + " | " + " | ".join(f"AR / PaDeLLM, {n.split(', ', 1)[1] if ', ' in n else 'torch'}" for n in names if n.startswith("parallel")) + " |",
+             "| --- | ---: |" + " ---: |" * (len(names) + sum(n.startswith("parallel") for n in names))]
+    for label, (low, high) in zip(labels, ENTITY_BUCKETS):
+        means = {n: mean_in(systems[n], low, high) for n in names}
+        count = max(c for _, c in means.values())
+        if not count:
+            continue
+        ratios = []
+        for n in names:
+            if n.startswith("parallel"):
+                other = n.replace("parallel", "autoregressive", 1)
+                a, p = means.get(other, (None, 0))[0], means[n][0]
+                ratios.append(f"{a / p:.2f}x" if a and p else "–")
+        lines.append(f"| {label} | {count} | " + " | ".join(_fmt(means[n][0]) for n in names) + " | " + " | ".join(ratios) + " |")
+    return lines
 
 
 def draw(report: Dict[str, Any], out: Path) -> None:

@@ -43,11 +43,18 @@ class System:
         if self.kind == "spacy-llm":
             self.nlp.get_pipe("llm")._model.batch_size = size
 
-    def tokens_evaluated(self) -> Optional[int]:
-        """Tokens the llama.cpp engine has evaluated so far (None on torch)."""
+    def engine(self) -> Any:
         pipe = self.padellm_pipe()
-        engine = getattr(getattr(pipe, "_decoder", None), "engine", None)
-        return getattr(engine, "tokens_evaluated", None)
+        return getattr(getattr(pipe, "_decoder", None), "engine", None)
+
+    def tokens_evaluated(self) -> Optional[int]:
+        """Tokens the engine has evaluated so far (real tokens, no padding)."""
+        return getattr(self.engine(), "tokens_evaluated", None)
+
+    def on_torch(self) -> bool:
+        from spacy_padellm.engine import BranchDecoder
+
+        return isinstance(self.engine(), BranchDecoder)
 
     def generated_tokens(self) -> Optional[int]:
         if self.kind == "spacy-llm":

@@ -5,8 +5,12 @@ prefixes, start branches behind them and decode those greedily. Any engine
 that does that serves both: the torch engine (`engine.BranchDecoder`, fused
 prefill and speculative counts, used for training too) and llama.cpp
 (`llama_cpp_engine.LlamaCppEngine`, the fast CPU engine). Each returns
-`Generation`s; what a prefix handle holds is the engine's business (a
-key/value cache of torch tensors, or llama.cpp sequence ids).
+`Generation`s; what a prefix or branch handle holds is the engine's business
+(a key/value cache of torch tensors, or llama.cpp sequence ids).
+
+Branches can be kept alive (`keep=True`) and forked: PaDeLLM's mention
+branches continue their label's count branch (`label <num> 2\n<mention 1>`)
+instead of evaluating the label and the count again behind the prefix.
 """
 import math
 from dataclasses import dataclass
@@ -20,6 +24,9 @@ class Generation:
     token_ids: List[int]
     logprobs: List[float]
     stopped: bool  # ended with a stop token rather than at the token bound
+    # With `keep=True`, the engine's handle on the stopped branch, which
+    # `Backend.fork` continues; None where it was not kept.
+    branch: Any = None
 
     @property
     def probability(self) -> float:
@@ -39,6 +46,17 @@ class Backend(Protocol):
     pad_id: int
     stop_ids: List[int]
 
+    def tokenize(self, text: str) -> List[int]:
+        """The model's token ids of `text`, no special tokens added."""
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of generated tokens, special tokens left out."""
+
+    def context_length(self) -> Optional[int]:
+        """The longest sequence (prefix, branch and generation) this engine
+        decodes exactly: the model's trained context, or less (a sliding
+        window, llama.cpp's `n_ctx`); None when unknown."""
+
     def encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> Any:
         """Evaluate each prefix once; the handle is what `decode` forks from."""
 
@@ -48,6 +66,7 @@ class Backend(Protocol):
         suffixes: Sequence[Sequence[int]],
         max_new_tokens: int,
         first_token_bias: Optional[Dict[int, float]] = None,
+        keep: bool = False,
     ) -> Tuple[Any, List[Generation]]:
         """`encode_prefixes`, then every suffix behind every prefix
         (text-major), decoded: an engine may fuse the two."""
@@ -59,10 +78,30 @@ class Backend(Protocol):
         suffixes: Sequence[Sequence[int]],
         max_new_tokens: Union[int, Sequence[int]],
         first_token_bias: Optional[Dict[int, float]] = None,
+        keep: bool = False,
     ) -> List[Generation]:
         """One branch per suffix behind prefix `text_index[i]`, decoded to
         its bound (one per branch, or one for all). The prefixes are left as
-        they were, so later calls can fork from them again."""
+        they were, so later calls can fork from them again.
+
+        keep: branches that stop stay live, as `Generation.branch` (an engine
+            may keep fewer, when its sequences or memory run short; those
+            have `branch = None`). The caller releases them.
+        """
+
+    def fork(
+        self,
+        branches: Sequence[Any],
+        suffixes: Sequence[Sequence[int]],
+        max_new_tokens: Union[int, Sequence[int]],
+    ) -> List[Generation]:
+        """One new branch per suffix, continuing kept branch `branches[i]`
+        after its stop token (which the engine evaluates first, as nothing
+        has read it yet), decoded as `decode` does. The kept branches are
+        left as they were."""
 
     def release(self, prefixes: Any) -> None:
         """The prefixes are no longer needed (their cache can be freed)."""
+
+    def release_branches(self, branches: Sequence[Any]) -> None:
+        """Kept branches no longer needed (None entries are skipped)."""

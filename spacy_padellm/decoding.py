@@ -8,7 +8,7 @@ engine with one branch per text.
 """
 import re
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .backend import Backend, Generation
 from .prompt import PromptTokenizer
@@ -104,6 +104,13 @@ class ParallelDecoding:
         self.fused_prefill = True  # prefill and the count branches' first token in one forward call
         device = getattr(engine, "device", None)
         self.speculative_counts = device is not None and device.type == "cuda"
+        # Mention branches continue their label's count branch, so the label
+        # and the count are not evaluated again for every mention; exact as
+        # long as the count was generated in its canonical tokens (else the
+        # branch is re-encoded behind the prefix, as training saw it).
+        # Speculative counts decode mentions before the count is finished,
+        # so the two do not combine.
+        self.fork_mentions = True
 
     @property
     def tokenizer(self) -> Any:
@@ -118,6 +125,7 @@ class ParallelDecoding:
         preds = [TextPrediction(fallbacks=Counter()) for _ in texts]
         branches = [(i, label) for i in range(len(texts)) for label in self.labels]
         speculate = self.speculative_counts and self.max_count_tokens >= 2
+        keep = self.fork_mentions and not speculate
         prefixes, count_gens = start_branches(
             self.engine,
             [self.prefix_ids(t) for t in texts],
@@ -125,13 +133,16 @@ class ParallelDecoding:
             1 if speculate else self.max_count_tokens,
             fused=self.fused_prefill,
             first_token_bias=self.count_bias,
+            keep=keep,
         )
-        try:  # the engine's cache of these prefixes is freed whatever happens
+        kept = [gen.branch for gen in count_gens if gen.branch is not None]
+        try:  # the engine's cache of these prefixes and branches is freed whatever happens
             done: Dict[MentionKey, Generation] = {}
             if speculate:
                 count_gens, done = self._finish_counts_with_mentions(prefixes, branches, count_gens)
             add_stats(preds, [i for i, _ in branches], count_gens)
             mention_branches: List[MentionKey] = []
+            parents: Dict[Tuple[int, str], Any] = {}  # count branches the mentions fork from
             for (i, label), gen in zip(branches, count_gens):
                 if not gen.stopped:
                     preds[i].fallbacks["truncated_generations"] += 1
@@ -142,11 +153,32 @@ class ParallelDecoding:
                     preds[i].fallbacks["possible_undercounts"] += 1
                 preds[i].counts[label] = count
                 mention_branches.extend((i, label, count, n) for n in range(1, count + 1))
+                if count and gen.branch is not None and gen.token_ids == self.prompts.count(count):
+                    parents[(i, label)] = gen.branch
+            unused = [gen.branch for gen, key in zip(count_gens, branches) if gen.branch is not None and key not in parents]
+            self.engine.release_branches(unused)  # before the mentions take sequences and memory
 
             todo = [key for key in mention_branches if key not in done]
-            suffixes = [self.prompts.mention_branch(label, c, n) for _, label, c, n in todo]
-            done.update(zip(todo, self._decode_bounded(prefixes, [i for i, _, _, _ in todo], suffixes)))
+            forked = [key for key in todo if key[:2] in parents]
+            if forked:
+                handles = [parents[key[:2]] for key in forked]
+                headers = [self.prompts.mention_header(n) for _, _, _, n in forked]
+                width = _width(getattr(handles[0], "cache", None))
+                gens = self._decode_bounded(
+                    width, headers, lambda b, e: self.engine.fork(handles[b:e], headers[b:e], self.max_mention_tokens)
+                )
+                done.update(zip(forked, gens))
+            rest = [key for key in todo if key[:2] not in parents]
+            suffixes = [self.prompts.mention_branch(label, c, n) for _, label, c, n in rest]
+            text_index = [i for i, _, _, _ in rest]
+            gens = self._decode_bounded(
+                _width(prefixes),
+                suffixes,
+                lambda b, e: self.engine.decode(prefixes, text_index[b:e], suffixes[b:e], self.max_mention_tokens),
+            )
+            done.update(zip(rest, gens))
         finally:
+            self.engine.release_branches(kept)
             self.engine.release(prefixes)
         mention_gens = [done[key] for key in mention_branches]
         add_stats(preds, [b[0] for b in mention_branches], mention_gens)
@@ -159,13 +191,12 @@ class ParallelDecoding:
         return preds
 
     def _decode_bounded(
-        self, prefixes: Any, text_index: Sequence[int], suffixes: Sequence[Sequence[int]]
+        self, width: int, suffixes: Sequence[Sequence[int]], run: Callable[[int, int], List[Generation]]
     ) -> List[Generation]:
-        """The mention branches, in groups small enough that their key/value
-        caches (each branch holds a copy of its text's) stay under
-        BRANCH_TOKEN_LIMIT tokens, whatever the counts."""
-        mask = getattr(prefixes, "mask", None)
-        width = int(mask.shape[1]) if mask is not None else 0
+        """The mention branches `run(begin, end)` decodes, in groups small
+        enough that their key/value caches (each branch holds a copy of the
+        `width` cache slots it continues) stay under BRANCH_TOKEN_LIMIT
+        tokens, whatever the counts."""
         gens: List[Generation] = []
         begin = 0
         while begin < len(suffixes):
@@ -176,7 +207,7 @@ class ParallelDecoding:
                     break
                 tokens += cost
                 end += 1
-            gens.extend(self.engine.decode(prefixes, text_index[begin:end], suffixes[begin:end], self.max_mention_tokens))
+            gens.extend(run(begin, end))
             begin = end
         return gens
 
@@ -234,6 +265,13 @@ BRANCH_TOKEN_LIMIT = 2**14
 FUSED_MASK_LIMIT = 2**25
 
 
+def _width(handle: Any) -> int:
+    """Cache slots each branch behind `handle` copies (torch's padded mask
+    width; 0 for an engine whose branches share their prefix's cells)."""
+    mask = getattr(handle, "mask", None)
+    return int(mask.shape[1]) if mask is not None else 0
+
+
 def start_branches(
     engine: Backend,
     prefixes: Sequence[Sequence[int]],
@@ -241,17 +279,22 @@ def start_branches(
     max_new_tokens: int,
     fused: bool = True,
     first_token_bias: Optional[Dict[int, float]] = None,
+    keep: bool = False,
 ) -> Tuple[Any, List[Generation]]:
     """Encode the prefixes and decode the first step's branches (the same
     suffixes behind every text), text-major. Fused, the prefill and the
     branches' first token are one forward call; unfused, two."""
     length = max(len(p) for p in prefixes) + sum(len(s) for s in suffixes)
     if fused and len(prefixes) * length**2 <= FUSED_MASK_LIMIT:
-        return engine.encode_with_branches(prefixes, suffixes, max_new_tokens, first_token_bias)
+        return engine.encode_with_branches(prefixes, suffixes, max_new_tokens, first_token_bias, keep=keep)
     cache = engine.encode_prefixes(prefixes)
     text_index = [i for i in range(len(prefixes)) for _ in suffixes]
     suffixes = [s for _ in prefixes for s in suffixes]
-    return cache, engine.decode(cache, text_index, suffixes, max_new_tokens, first_token_bias)
+    try:
+        return cache, engine.decode(cache, text_index, suffixes, max_new_tokens, first_token_bias, keep=keep)
+    except BaseException:
+        engine.release(cache)
+        raise
 
 
 def add_stats(preds: List[TextPrediction], text_index: Sequence[int], gens: Sequence[Generation]) -> None:

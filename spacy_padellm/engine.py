@@ -22,6 +22,7 @@ from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .backend import Generation
+from .branch_layout import additive_mask, lay_out_row
 from .compat import cache_argument, output_cache
 
 
@@ -34,6 +35,20 @@ class PrefixCache:
     lengths: torch.Tensor  # [n_texts], real prefix lengths
 
 
+@dataclass
+class KeptBranch:
+    """A stopped branch kept for `fork`: row `row` of `cache`, which holds
+    the branch up to but not including its stop token `last`. The branches
+    that one decode call kept share one cache (`group`); releasing some
+    compacts it to the rows still live."""
+
+    cache: PrefixCache
+    row: int
+    last: int
+    group: List["KeptBranch"]
+    released: bool = False
+
+
 def _select_rows(cache: Any, rows: torch.Tensor) -> Any:
     """A cache holding `rows` of `cache` (repeats allowed), leaving `cache`
     untouched: the layers are copied shallowly and their tensors re-indexed."""
@@ -43,6 +58,17 @@ def _select_rows(cache: Any, rows: torch.Tensor) -> Any:
     return selected
 
 
+def _compact(group: List[KeptBranch]) -> None:
+    """Give the branches of `group` a cache of their own rows only."""
+    if not group:
+        return
+    old = group[0].cache
+    rows = torch.tensor([b.row for b in group], dtype=torch.long, device=old.mask.device)
+    compact = PrefixCache(cache=_select_rows(old.cache, rows), mask=old.mask[rows], lengths=old.lengths[rows])
+    for row, branch in enumerate(group):
+        branch.cache, branch.row = compact, row
+
+
 class BranchDecoder:
     """Greedy, batched decoding of branches that share per-text prefixes:
     the torch implementation of `backend.Backend`.
@@ -50,20 +76,51 @@ class BranchDecoder:
     model: a Hugging Face causal LM (optionally wrapped by peft).
     stop_ids (Collection[int]): tokens that end a branch (newline tokens, EOS).
     pad_id (int): any valid token id; padded slots are masked out.
+    tokenizer: the model's Hugging Face tokenizer (for `tokenize` and
+        `detokenize`; decoding itself takes token ids).
+    context (Optional[int]): what `context_length` reports (the shim knows
+        the model's window).
     """
 
-    def __init__(self, model: Any, stop_ids: Collection[int], pad_id: int) -> None:
+    def __init__(
+        self, model: Any, stop_ids: Collection[int], pad_id: int, tokenizer: Any = None, context: Optional[int] = None
+    ) -> None:
         self.model = model
         self.stop_ids = sorted(set(stop_ids))
         self.pad_id = pad_id
+        self.tokenizer = tokenizer
+        self._context = context
         self._cache_arg = cache_argument(model)
+        self.tokens_evaluated = 0  # real (unpadded) tokens the model read; benchmarks report it
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def tokenize(self, text: str) -> List[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def context_length(self) -> Optional[int]:
+        return self._context
+
     def release(self, prefixes: PrefixCache) -> None:
         """Nothing to do: the cache's tensors go with the last reference."""
+
+    def release_branches(self, branches: Sequence[Optional[KeptBranch]]) -> None:
+        """Drop the released branches' rows from their shared cache (a copy of
+        the rows still live), so that the count step's cache does not stay
+        whole through the mention step."""
+        groups: Dict[int, List[KeptBranch]] = {}
+        for branch in branches:
+            if branch is not None and not branch.released:
+                branch.released = True
+                groups[id(branch.group)] = branch.group
+        for group in groups.values():
+            group[:] = [b for b in group if not b.released]
+            _compact(group)
 
     @torch.inference_mode()
     def encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> PrefixCache:
@@ -79,6 +136,7 @@ class BranchDecoder:
             ids[row, : len(prefix)] = torch.tensor(list(prefix), dtype=torch.long)
             mask[row, : len(prefix)] = 1
         ids, mask = ids.to(device), mask.to(device)
+        self.tokens_evaluated += sum(len(p) for p in prefixes)
         positions = torch.arange(width, device=device).expand(len(prefixes), width)
         out = self.model(
             input_ids=ids,
@@ -97,6 +155,7 @@ class BranchDecoder:
         suffixes: Sequence[Sequence[int]],
         max_new_tokens: int,
         first_token_bias: Optional[Dict[int, float]] = None,
+        keep: bool = False,
     ) -> Tuple[PrefixCache, List[Generation]]:
         """Prefill and the first step of decoding in one forward call: every
         text's prefix, then `suffixes` (the same for every text, e.g. one label
@@ -105,7 +164,7 @@ class BranchDecoder:
         sequential forward call per batch, which is most of a step's cost on
         CPU at small batches.
 
-        first_token_bias: see `decode`.
+        first_token_bias, keep: see `decode`.
         RETURNS: the prefix cache for later `decode` calls (it sees the prefix
         only), and one generation per (text, suffix), text-major.
         """
@@ -124,37 +183,28 @@ class BranchDecoder:
         branch_masks, ends, lengths = [], [], []
         for row, prefix in enumerate(prefixes):
             p = len(prefix)
-            ids[row, :p] = torch.tensor(list(prefix), dtype=torch.long)
-            positions[row, :p] = torch.arange(p)
-            allowed[row, :p, :p] = torch.ones((p, p), dtype=torch.bool).tril()
+            slots = lay_out_row(prefix, suffixes, ids[row], positions[row], allowed[row], branches_start=width)
             prefix_mask[row, :p] = 1
-            start = width
-            for suffix in suffixes:
-                end = start + len(suffix)
-                ids[row, start:end] = torch.tensor(list(suffix), dtype=torch.long)
-                positions[row, start:end] = torch.arange(p, p + len(suffix))
-                allowed[row, start:end, :p] = True
-                allowed[row, start:end, start:end] = torch.ones((end - start, end - start), dtype=torch.bool).tril()
+            for begin, end in slots:
                 own = prefix_mask[row].clone()
-                own[start:end] = 1
+                own[begin:end] = 1
                 branch_masks.append(own)
                 ends.append(end - 1)
-                lengths.append(p + len(suffix))
-                start = end
-        mask = torch.zeros((n, 1, total, total), dtype=dtype)
-        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-        keep = torch.tensor(sorted(set(ends)), dtype=torch.long)
+                lengths.append(p + end - begin)
+        mask = additive_mask(allowed, dtype)
+        columns = torch.tensor(sorted(set(ends)), dtype=torch.long)
+        self.tokens_evaluated += sum(len(p) for p in prefixes) + n * sum(len(s) for s in suffixes)
         out = self.model(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
             use_cache=True,
-            logits_to_keep=keep.to(device),
+            logits_to_keep=columns.to(device),
         )
         cache = output_cache(out)
         prefix_cache = PrefixCache(cache=cache, mask=prefix_mask.to(device), lengths=prefix_mask.sum(dim=1).to(device))
         rows = torch.arange(n).repeat_interleave(len(suffixes))
-        column = {int(c): i for i, c in enumerate(keep)}
+        column = {int(c): i for i, c in enumerate(columns)}
         logits = out.logits[rows.to(device), torch.tensor([column[e] for e in ends], device=device)]
         generations = self._greedy(
             logits,
@@ -163,6 +213,7 @@ class BranchDecoder:
             torch.tensor(lengths, dtype=torch.long, device=device),
             max_new_tokens,
             first_token_bias,
+            keep,
         )
         return prefix_cache, generations
 
@@ -174,6 +225,7 @@ class BranchDecoder:
         suffixes: Sequence[Sequence[int]],
         max_new_tokens: Union[int, Sequence[int]],
         first_token_bias: Optional[Dict[int, float]] = None,
+        keep: bool = False,
     ) -> List[Generation]:
         """Greedy-decode one branch per suffix, behind prefix `text_index[i]`.
 
@@ -182,6 +234,9 @@ class BranchDecoder:
         first_token_bias: token id -> value added to its log-probability when
             the first token is chosen; the recorded log-probabilities stay the
             model's. The count step uses it against count 0.
+        keep: every stopped branch is kept (`Generation.branch`, a
+            `KeptBranch`): rows stay in the batch until all have stopped,
+            so that one cache holds them all.
         RETURNS (List[Generation]): one per suffix, in order.
         """
         n = len(suffixes)
@@ -199,6 +254,7 @@ class BranchDecoder:
             ids[row, width - len(suffix) :] = torch.tensor(list(suffix), dtype=torch.long)
             suffix_mask[row, width - len(suffix) :] = 1
         ids, suffix_mask = ids.to(device), suffix_mask.to(device)
+        self.tokens_evaluated += sum(len(s) for s in suffixes)
         mask = torch.cat([prefixes.mask[rows], suffix_mask], dim=1)
         lengths = prefixes.lengths[rows] + suffix_mask.sum(dim=1)
         # Left-padded suffix: its real tokens continue the real prefix.
@@ -211,7 +267,36 @@ class BranchDecoder:
             logits_to_keep=1,
             **{self._cache_arg: cache},
         )
-        return self._greedy(out.logits[:, -1, :], output_cache(out), mask, lengths, max_new_tokens, first_token_bias)
+        return self._greedy(out.logits[:, -1, :], output_cache(out), mask, lengths, max_new_tokens, first_token_bias, keep)
+
+    @torch.inference_mode()
+    def fork(
+        self,
+        branches: Sequence[KeptBranch],
+        suffixes: Sequence[Sequence[int]],
+        max_new_tokens: Union[int, Sequence[int]],
+    ) -> List[Generation]:
+        """`decode` behind kept branches: each kept cache stands in for the
+        prefixes, and the suffix starts with the branch's stop token."""
+        n = len(suffixes)
+        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(branches) != n or len(limits) != n or any(b is None for b in branches):
+            raise ValueError("fork needs one kept branch and one bound per suffix.")
+        groups: Dict[int, List[int]] = {}
+        for k, branch in enumerate(branches):
+            groups.setdefault(id(branch.cache), []).append(k)
+        out: List[Optional[Generation]] = [None] * n
+        for members in groups.values():
+            cache = branches[members[0]].cache
+            gens = self.decode(
+                cache,
+                [branches[k].row for k in members],
+                [[branches[k].last, *suffixes[k]] for k in members],
+                [limits[k] for k in members],
+            )
+            for k, gen in zip(members, gens):
+                out[k] = gen
+        return out  # type: ignore[return-value]
 
     def _greedy(
         self,
@@ -221,10 +306,12 @@ class BranchDecoder:
         lengths: torch.Tensor,
         max_new_tokens: Union[int, Sequence[int]],
         first_token_bias: Optional[Dict[int, float]] = None,
+        keep: bool = False,
     ) -> List[Generation]:
         """Greedy steps for rows whose first next-token logits are known; a row
         leaves the batch (and its cache rows are dropped) once it stops or
-        reaches its bound."""
+        reaches its bound. With `keep`, a finished row stays, reading pad
+        tokens that its mask hides, so the last cache holds every branch."""
         device = logits.device
         n = logits.shape[0]
         if isinstance(max_new_tokens, int):
@@ -237,6 +324,7 @@ class BranchDecoder:
         logprobs: List[List[float]] = [[] for _ in range(n)]
         stopped = [False] * n
         active = torch.arange(n, device=device)  # original index of each row
+        alive = torch.ones(n, dtype=torch.bool, device=device)  # keep: rows still generating
         for step in range(int(limits.max())):
             log_p = torch.log_softmax(logits.float(), dim=-1)
             if step == 0 and first_token_bias:
@@ -248,21 +336,29 @@ class BranchDecoder:
                 next_ids = log_p.argmax(dim=-1)
             next_lp = log_p.gather(1, next_ids[:, None])[:, 0]
             is_stop = torch.isin(next_ids, stop)
-            for row, (index, token, lp, done) in enumerate(
-                zip(active.tolist(), next_ids.tolist(), next_lp.tolist(), is_stop.tolist())
+            for index, token, lp, done, live in zip(
+                active.tolist(), next_ids.tolist(), next_lp.tolist(), is_stop.tolist(), alive.tolist()
             ):
-                tokens[index].append(token)
-                logprobs[index].append(lp)
-                stopped[index] = done
-            keep = ~is_stop & (limits > step + 1)
-            if not bool(keep.any()):
+                if live:
+                    tokens[index].append(token)
+                    logprobs[index].append(lp)
+                    stopped[index] = done
+            going = alive & ~is_stop & (limits > step + 1)
+            if not bool(going.any()):
                 break
-            if not bool(keep.all()):
-                kept = keep.nonzero()[:, 0]
-                active, next_ids, mask, lengths = active[kept], next_ids[kept], mask[kept], lengths[kept]
-                limits = limits[kept]
-                cache.batch_select_indices(kept)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            if keep:
+                alive = going
+                next_ids = torch.where(going, next_ids, torch.full_like(next_ids, self.pad_id))
+                fed = going.long()[:, None]
+            else:
+                if not bool(going.all()):
+                    kept = going.nonzero()[:, 0]
+                    active, next_ids, mask, lengths = active[kept], next_ids[kept], mask[kept], lengths[kept]
+                    limits, alive = limits[kept], alive[kept]
+                    cache.batch_select_indices(kept)
+                fed = torch.ones_like(mask[:, :1])
+            self.tokens_evaluated += int(fed.sum())
+            mask = torch.cat([mask, fed], dim=1)
             out = self.model(
                 input_ids=next_ids[:, None],
                 attention_mask=mask,
@@ -270,7 +366,19 @@ class BranchDecoder:
                 use_cache=True,
                 **{self._cache_arg: cache},
             )
-            lengths = lengths + 1
+            lengths = lengths + fed[:, 0]
             logits = out.logits[:, -1, :]
             cache = output_cache(out)
-        return [Generation(t, lp, s) for t, lp, s in zip(tokens, logprobs, stopped)]
+        if not keep:
+            return [Generation(t, lp, s) for t, lp, s in zip(tokens, logprobs, stopped)]
+        kept_cache = PrefixCache(cache=cache, mask=mask, lengths=lengths)
+        group: List[KeptBranch] = []
+        gens = []
+        for row, (t, lp, s) in enumerate(zip(tokens, logprobs, stopped)):
+            branch = KeptBranch(kept_cache, row, t[-1], group) if s else None
+            if branch is not None:
+                group.append(branch)
+            gens.append(Generation(t, lp, s, branch))
+        if len(group) < n:  # rows that reached their bound are not kept
+            _compact(group)
+        return gens

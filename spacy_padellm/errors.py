@@ -97,7 +97,7 @@ class Errors(metaclass=ErrorsWithCodes):
              "senter, parser or sentencizer before this component.")
     E2080 = ("The llama.cpp backend (`spacy_padellm.LlamaCpp.v1`) needs llama-cpp-python, "
              "which could not be imported ({reason}). Install it with `{install}` (it "
-             "builds from source: a C++ compiler and cmake, about 15 minutes on 2 cores), "
+             "builds from source: a C++ compiler and cmake, about 10 minutes on 2 cores), "
              "or use `spacy_padellm.CausalLM.v1`, the torch backend, which needs nothing more.")
     E2081 = ("llama.cpp could not load the GGUF file '{path}'. Check that the file is "
              "complete (download or export it again), and that it is a model llama.cpp "
@@ -116,12 +116,19 @@ class Errors(metaclass=ErrorsWithCodes):
              "(the torch backend), then load the trained pipeline with "
              "`spacy.load(path, config={\"components.padellm_ner.model.@architectures\": "
              "\"spacy_padellm.LlamaCpp.v1\"})`.")
-    E2087 = ("`export` must be one of {options}, got {value!r}: 'q8_0' or 'f16' merge "
-             "the adapter into the weights, 'lora' keeps the base file as it is and "
-             "applies the adapter at run time.")
+    E2087 = ("`export` must be one of {options}, got {value!r}: the type of the GGUF "
+             "file's 2D weights ('q8_0' is the fastest on CPU, 'f32' the exact one).")
     E2088 = ("The pipeline at '{path}' was fully fine-tuned (its weights are saved, "
              "not an adapter); the llama.cpp backend loads adapters only. Load it with "
              "`spacy_padellm.CausalLM.v1`.")
+    E2089 = ("`lora` must be one of {options}, got {value!r}: 'merged' writes the "
+             "adapter into the GGUF weights (fastest), 'runtime' keeps one base file for "
+             "all adapters and applies each adapter while decoding.")
+    E2090 = ("The adapter at '{path}' cannot be applied by llama.cpp at run time: "
+             "{reason}. Use `lora = \"merged\"` (the default) for it.")
+    E2091 = ("`fine_tuning = \"elastic_lora\"` needs `rank_choices`: two or more "
+             "positive ranks, e.g. [32, 24, 16], got {value!r}. The adapter is trained "
+             "at the largest; each layer's attention and MLP projections draw one per step.")
     E2040 = ("zero_count_penalty must be a number of 0 or more (a log-probability "
             "subtracted from count 0 when a label's count is chosen), got {value!r}. "
             "0 turns it off; larger values predict more entities.")

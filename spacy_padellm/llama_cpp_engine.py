@@ -34,6 +34,12 @@ logger = logging.getLogger("spacy_padellm")
 LLAMA_CPP_INSTALL = 'pip install "spacy-padellm[llama-cpp]"'
 # llama.cpp's limit on sequences per context.
 MAX_SEQUENCES = 256
+# Kept branches (`keep=True`) never take the last of these sequences or more
+# than this share of the cells: what is left lets every later group of
+# branches advance. A branch that would cross the line is not kept (its
+# caller re-encodes its continuation behind the prefix instead).
+RESERVED_SEQUENCES = 64
+KEPT_CELL_SHARE = 0.5
 
 
 _LOG_CALLBACK: Any = None  # kept alive: llama.cpp holds a pointer to it
@@ -75,6 +81,18 @@ class Prefixes:
     lengths: List[int]
 
 
+@dataclass
+class KeptBranch:
+    """A stopped branch kept for `fork`: sequence `seq` holds it up to its
+    stop token `last`, which goes at position `pos`; `cells` are the cells
+    it holds beyond its prefix's."""
+
+    seq: int
+    pos: int
+    last: int
+    cells: int
+
+
 class LlamaCppEngine:
     """Greedy, batched decoding of branches behind shared prefixes, on a
     GGUF model loaded by llama.cpp.
@@ -86,12 +104,25 @@ class LlamaCppEngine:
     n_threads: CPU threads (default: the CPUs this process may use;
         llama.cpp's own default of 4 oversubscribes a 2-core machine, see
         benchmarks/results/llama_cpp_threads_cpu.md).
+    lora_path: a GGUF LoRA applied at run time (scale 1), or None.
+    tokenizer: the model's Hugging Face tokenizer (for `tokenize` and
+        `detokenize`; the GGUF file's ids are the same).
     """
 
     def __init__(
-        self, path: str, stop_ids: Sequence[int], pad_id: int, *, n_ctx: int = 8192, n_threads: Optional[int] = None
+        self,
+        path: str,
+        stop_ids: Sequence[int],
+        pad_id: int,
+        *,
+        n_ctx: int = 8192,
+        n_threads: Optional[int] = None,
+        lora_path: Optional[str] = None,
+        tokenizer: Any = None,
     ) -> None:
         self.path = str(path)
+        self.lora_path = lora_path
+        self.tokenizer = tokenizer
         self.stop_ids = sorted(set(stop_ids))
         self.pad_id = pad_id
         self.n_ctx = n_ctx
@@ -122,11 +153,18 @@ class LlamaCppEngine:
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise ValueError(Errors.E2081.format(path=self.path))
+        if self.lora_path:
+            self._lora = L.llama_adapter_lora_init(self._model, self.lora_path.encode("utf8"))
+            adapters = (L.llama_adapter_lora_p_ctypes * 1)(self._lora)
+            if not self._lora or L.llama_set_adapters_lora(self._ctx, adapters, 1, (ctypes.c_float * 1)(1.0)) != 0:
+                raise ValueError(Errors.E2081.format(path=self.lora_path))
         self._memory = L.llama_get_memory(self._ctx)
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self._model))
         self.n_ctx_train = L.llama_model_n_ctx_train(self._model)
         self._batch = L.llama_batch_init(self.n_ctx, 0, 1)
         self._free = list(range(MAX_SEQUENCES - 1, -1, -1))
+        self._cells = 0  # cells held by live prefixes and kept branches
+        self._held = 0  # sequences held by them
         self._stop_set = set(self.stop_ids)
         self._pid = os.getpid()
 
@@ -156,11 +194,15 @@ class LlamaCppEngine:
             pass
 
     def __getstate__(self) -> Dict[str, Any]:
-        keep = ("path", "stop_ids", "pad_id", "n_ctx", "n_threads")
+        keep = ("path", "stop_ids", "pad_id", "n_ctx", "n_threads", "lora_path", "tokenizer")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(state["path"], state["stop_ids"], state["pad_id"], n_ctx=state["n_ctx"], n_threads=state["n_threads"])
+        self.__init__(
+            state["path"], state["stop_ids"], state["pad_id"],
+            n_ctx=state["n_ctx"], n_threads=state["n_threads"], lora_path=state.get("lora_path"),
+            tokenizer=state.get("tokenizer"),
+        )
 
     # --- sequences and batches ---------------------------------------------
     def _take(self, n: int) -> List[int]:
@@ -202,6 +244,16 @@ class LlamaCppEngine:
         return numpy.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
 
     # --- Backend --------------------------------------------------------------
+    def tokenize(self, text: str) -> List[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def context_length(self) -> Optional[int]:
+        """The model's trained context or `n_ctx`, the smaller."""
+        return min(x for x in (self.n_ctx_train, self.n_ctx) if x)
+
     def encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> Prefixes:
         if any(len(p) == 0 for p in prefixes):
             raise ValueError("Every prefix needs at least one token.")
@@ -217,6 +269,8 @@ class LlamaCppEngine:
             except Exception:
                 self._drop(seqs)
                 raise
+            self._cells += needed
+            self._held += len(seqs)
             return Prefixes(seqs, [len(p) for p in prefixes])
 
     def encode_with_branches(
@@ -225,21 +279,38 @@ class LlamaCppEngine:
         suffixes: Sequence[Sequence[int]],
         max_new_tokens: int,
         first_token_bias: Optional[Dict[int, float]] = None,
+        keep: bool = False,
     ) -> Tuple[Prefixes, List[Generation]]:
         handle = self.encode_prefixes(prefixes)
         text_index = [i for i in range(len(prefixes)) for _ in suffixes]
         every = [s for _ in prefixes for s in suffixes]
         try:
-            return handle, self.decode(handle, text_index, every, max_new_tokens, first_token_bias)
+            return handle, self.decode(handle, text_index, every, max_new_tokens, first_token_bias, keep)
         except BaseException:
             self.release(handle)
             raise
 
     def release(self, prefixes: Prefixes) -> None:
         with self._lock:
-            if self._pid == os.getpid():
+            if self._pid == os.getpid() and prefixes.seqs:
                 self._drop(prefixes.seqs)
+                self._cells -= sum(prefixes.lengths)
+                self._held -= len(prefixes.seqs)
             prefixes.seqs = []
+
+    def release_branches(self, branches: Sequence[Optional[KeptBranch]]) -> None:
+        with self._lock:
+            self._release_kept(branches)
+
+    def _release_kept(self, branches: Sequence[Optional[KeptBranch]]) -> None:
+        if self._pid != os.getpid():
+            return
+        for branch in branches:
+            if branch is not None and branch.seq >= 0:
+                self._drop([branch.seq])
+                self._cells -= branch.cells
+                self._held -= 1
+                branch.seq = -1  # released twice is released once
 
     def decode(
         self,
@@ -248,57 +319,84 @@ class LlamaCppEngine:
         suffixes: Sequence[Sequence[int]],
         max_new_tokens: Union[int, Sequence[int]],
         first_token_bias: Optional[Dict[int, float]] = None,
+        keep: bool = False,
     ) -> List[Generation]:
-        n = len(suffixes)
-        if n == 0:
-            return []
         if any(len(s) == 0 for s in suffixes):
             raise ValueError("Every branch suffix needs at least one token.")
+        starts = [(prefixes.seqs[i], prefixes.lengths[i], list(suffix)) for i, suffix in zip(text_index, suffixes)]
+        return self._decode_from(starts, max_new_tokens, first_token_bias, keep)
+
+    def fork(
+        self,
+        branches: Sequence[KeptBranch],
+        suffixes: Sequence[Sequence[int]],
+        max_new_tokens: Union[int, Sequence[int]],
+    ) -> List[Generation]:
+        if len(branches) != len(suffixes) or any(b is None or b.seq < 0 for b in branches):
+            raise ValueError("fork needs one kept, unreleased branch per suffix.")
+        starts = [(b.seq, b.pos, [b.last, *suffix]) for b, suffix in zip(branches, suffixes)]
+        return self._decode_from(starts, max_new_tokens, None, False)
+
+    def _decode_from(
+        self,
+        starts: Sequence[Tuple[int, int, List[int]]],
+        max_new_tokens: Union[int, Sequence[int]],
+        first_token_bias: Optional[Dict[int, float]],
+        keep: bool,
+    ) -> List[Generation]:
+        """Branches that copy sequence `seq` and continue it with `tokens` from
+        position `pos`, for each (seq, pos, tokens) of `starts`, in groups
+        that fit the free sequences and cells."""
+        n = len(starts)
+        if n == 0:
+            return []
         limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if len(limits) != n or min(limits) < 1:
             raise ValueError("max_new_tokens needs one positive bound per branch.")
         with self._lock:
             self._ensure_process()
-            used = sum(prefixes.lengths)
             out: List[Generation] = []
             begin = 0
-            while begin < n:
-                # As many branches as free sequences and cells allow.
-                end, cells = begin, 0
-                while end < n and end - begin < len(self._free):
-                    cost = len(suffixes[end]) + limits[end]
-                    if end > begin and used + cells + cost > self.n_ctx:
-                        break
-                    cells += cost
-                    end += 1
-                if used + cells > self.n_ctx:
-                    raise ValueError(Errors.E2084.format(needed=used + cells, n_ctx=self.n_ctx))
-                out.extend(
-                    self._decode_group(prefixes, text_index[begin:end], suffixes[begin:end], limits[begin:end], first_token_bias)
-                )
-                begin = end
+            try:
+                while begin < n:
+                    # As many branches as free sequences and cells allow.
+                    end, cells = begin, 0
+                    while end < n and end - begin < len(self._free):
+                        cost = len(starts[end][2]) + limits[end]
+                        if end > begin and self._cells + cells + cost > self.n_ctx:
+                            break
+                        cells += cost
+                        end += 1
+                    if end == begin:  # every sequence is held by live prefixes and kept branches
+                        raise ValueError(Errors.E2082.format(needed=self._held + 1, limit=MAX_SEQUENCES))
+                    if self._cells + cells > self.n_ctx:
+                        raise ValueError(Errors.E2084.format(needed=self._cells + cells, n_ctx=self.n_ctx))
+                    out.extend(self._decode_group(starts[begin:end], limits[begin:end], first_token_bias, keep))
+                    begin = end
+            except BaseException:
+                self._release_kept([gen.branch for gen in out])
+                raise
             return out
 
     def _decode_group(
         self,
-        prefixes: Prefixes,
-        text_index: Sequence[int],
-        suffixes: Sequence[Sequence[int]],
+        starts: Sequence[Tuple[int, int, List[int]]],
         limits: Sequence[int],
         first_token_bias: Optional[Dict[int, float]],
+        keep: bool,
     ) -> List[Generation]:
-        n = len(suffixes)
+        n = len(starts)
         seqs = self._take(n)
         tokens: List[List[int]] = [[] for _ in range(n)]
         logprobs: List[List[float]] = [[] for _ in range(n)]
         stopped = [False] * n
+        kept: List[Optional[KeptBranch]] = [None] * n
         live = list(range(n))
         try:
             entries = []
             positions = []
-            for k, (i, suffix) in enumerate(zip(text_index, suffixes)):
-                self._L.llama_memory_seq_cp(self._memory, prefixes.seqs[i], seqs[k], -1, -1)
-                start = prefixes.lengths[i]
+            for k, (source, start, suffix) in enumerate(starts):
+                self._L.llama_memory_seq_cp(self._memory, source, seqs[k], -1, -1)
                 entries.extend((int(t), start + j, seqs[k], j == len(suffix) - 1) for j, t in enumerate(suffix))
                 positions.append(start + len(suffix))
             outputs = self._run(entries)
@@ -320,7 +418,12 @@ class LlamaCppEngine:
                     logprobs[k].append(float(chosen[r]))
                     stopped[k] = token in self._stop_set
                     if stopped[k] or len(tokens[k]) >= limits[k]:
-                        self._drop([seqs[k]])
+                        if stopped[k] and keep and self._can_keep(len(starts[k][2]) + len(tokens[k]) - 1):
+                            kept[k] = KeptBranch(seqs[k], positions[k], token, len(starts[k][2]) + len(tokens[k]) - 1)
+                            self._cells += kept[k].cells
+                            self._held += 1
+                        else:
+                            self._drop([seqs[k]])
                         continue
                     still.append(k)
                     entries.append((token, positions[k], seqs[k], True))
@@ -329,6 +432,12 @@ class LlamaCppEngine:
                 step += 1
                 if live:
                     outputs = self._run(entries)
+        except BaseException:
+            self._release_kept(kept)
+            raise
         finally:
             self._drop([seqs[k] for k in live])
-        return [Generation(t, lp, s) for t, lp, s in zip(tokens, logprobs, stopped)]
+        return [Generation(t, lp, s, b) for t, lp, s, b in zip(tokens, logprobs, stopped, kept)]
+
+    def _can_keep(self, cells: int) -> bool:
+        return self._held < MAX_SEQUENCES - RESERVED_SEQUENCES and self._cells + cells <= KEPT_CELL_SHARE * self.n_ctx

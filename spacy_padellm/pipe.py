@@ -13,14 +13,15 @@ from spacy.tokens import Doc, SpanGroup
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.util import SimpleFrozenList
 from spacy.vocab import Vocab
-from thinc.api import ArgsKwargs, Config, Model, Optimizer
+from thinc.api import Config, Model, Optimizer
 
 from .alignment import align_mentions
 from .errors import Errors, Warnings
 from .models.hf_calls import LOAD_LOCK
 from .prompt import prompt_text
 from .segments import SENTENCE_SPLITS, Segment, TrainedLengths, default_lengths, split_segments
-from .types import ALIGNMENT_MODES, DECODING_MODES, DocPrediction, new_counter
+from .schemes import get_scheme
+from .types import ALIGNMENT_MODES, DocPrediction, new_counter
 
 logger = logging.getLogger("spacy_padellm")
 
@@ -127,16 +128,6 @@ def make_padellm_ner(
     )
 
 
-def _set_dropout(model: Any, rate: Optional[float]) -> None:
-    import torch
-
-    if rate is None:
-        return
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = rate
-
-
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(Errors.E2003.format(name=name, value=value))
@@ -206,8 +197,7 @@ class PaDeLLMNER(TrainablePipe):
     ) -> None:
         from .prompt import PromptTemplate
 
-        if decoding not in DECODING_MODES:
-            raise ValueError(Errors.E2001.format(mode=decoding, options=list(DECODING_MODES)))
+        self.scheme = get_scheme(decoding)
         if sentence_split not in SENTENCE_SPLITS:
             raise ValueError(Errors.E2073.format(value=sentence_split, options=list(SENTENCE_SPLITS)))
         if alignment_mode not in ALIGNMENT_MODES:
@@ -231,9 +221,7 @@ class PaDeLLMNER(TrainablePipe):
             raise ValueError(Errors.E2040.format(value=zero_count_penalty))
         definitions = dict(label_definitions or {})
         _check_labels(list(labels or []), definitions if labels else {})
-        prompt_template = PromptTemplate(template)  # fails early on an unknown name
-        if decoding == "autoregressive":
-            prompt_template.structured_header()  # and on a template without the baseline's header
+        self.scheme.check_template(PromptTemplate(template))  # fails early on an unknown or unfit template
         self.vocab = vocab
         self.model = model
         self.name = name
@@ -319,53 +307,30 @@ class PaDeLLMNER(TrainablePipe):
             if self._decoder is None:
                 self._decoder = self._build_decoder()
 
-    @property
-    def max_structured_tokens(self) -> int:
-        """The autoregressive baseline's token bound for its one line: room
-        for `max_count` mentions of `max_mention_tokens` tokens per label."""
-        return len(self.labels) * self.cfg["max_count"] * self.cfg["max_mention_tokens"]
-
     def _build_decoder(self) -> Any:
-        from .autoregressive import AutoregressiveDecoding
-        from .decoding import ParallelDecoding, stop_token_ids
+        from .decoding import stop_token_ids
         from .prompt import PromptTemplate, PromptTokenizer
 
         tokenizer = self.shim.tokenizer
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         engine = self.shim.make_engine(stop_token_ids(tokenizer), pad_id)
         prompts = PromptTokenizer(tokenizer, PromptTemplate(self.cfg["template"]), self.cfg["label_definitions"])
-        self._text_budget = self._compute_text_budget(prompts)
-        if self.cfg["decoding"] == "autoregressive":
-            return AutoregressiveDecoding(engine, prompts, self.labels, max_new_tokens=self.max_structured_tokens)
-        return ParallelDecoding(
-            engine,
-            prompts,
-            self.labels,
-            max_count=self.cfg["max_count"],
-            max_count_tokens=self.cfg["max_count_tokens"],
-            max_mention_tokens=self.cfg["max_mention_tokens"],
-            zero_count_penalty=self.cfg.get("zero_count_penalty", 0.0),
-        )
+        self._text_budget = self._compute_text_budget(prompts, engine.context_length())
+        return self.scheme.decoder(engine, prompts, self.labels, self.cfg)
 
     def context_length(self) -> Optional[int]:
         """The longest sequence (text, branch and generation) decoded exactly:
-        the backend's (see the shims' `context_length`)."""
-        return self.shim.context_length()
+        the backend's (`Backend.context_length`)."""
+        engine = getattr(self._decoder, "engine", None)
+        return engine.context_length() if engine is not None else self.shim.context_length()
 
-    def _compute_text_budget(self, prompts: Any) -> Optional[int]:
+    def _compute_text_budget(self, prompts: Any, context: Optional[int]) -> Optional[int]:
         """Model tokens left for the text once the prompt around it, the
         longest branch and the generation bound are accounted for."""
-        context = self.context_length()
         configured = self.cfg["max_text_tokens"]
         if context is None:
             return configured
-        if self.cfg["decoding"] == "autoregressive":
-            branch = len(prompts.structured_branch()) + self.max_structured_tokens
-        else:
-            branch = prompts.max_branch_length(self.labels, self.cfg["max_count"]) + max(
-                self.cfg["max_count_tokens"], self.cfg["max_mention_tokens"]
-            )
-        overhead = len(prompts.prefix("")) + branch
+        overhead = len(prompts.prefix("")) + self.scheme.branch_tokens(prompts, self.labels, self.cfg)
         budget = context - overhead
         if budget < 1:
             raise ValueError(Errors.E2020.format(limit=context, needed=overhead))
@@ -556,8 +521,6 @@ class PaDeLLMNER(TrainablePipe):
         target is (see `training.py`). `drop` sets the rate of the model's dropout
         layers (LoRA dropout included) for this step.
         """
-        from .training import items_for, pack
-
         if losses is None:
             losses = {}
         losses.setdefault(self.name, 0.0)
@@ -570,31 +533,25 @@ class PaDeLLMNER(TrainablePipe):
         if self.shim.prepare_for_training():
             self._decoder = None
         prompts = self._prompts()
-        items = items_for(docs, prompts, self.labels, self.spans_key, self.cfg["max_count"], self.cfg["decoding"])
+        max_count = self.cfg["max_count"]
+        items = [self.scheme.training_item(doc, prompts, self.labels, self.spans_key, max_count) for doc in docs]
         items = self._drop_overlong(items)
         if not items:
             return losses
-        model = self.shim.model
-        dtype = next(model.parameters()).dtype
-        batch = pack(items, self._decoder.engine.pad_id, dtype=dtype)
-        _set_dropout(model, drop)
-        device = self.shim.device
-        inputs = ArgsKwargs(
-            args=(),
-            kwargs={
-                "input_ids": batch.input_ids.to(device),
-                "attention_mask": batch.attention_mask.to(device),
-                "position_ids": batch.position_ids.to(device),
-                "logits_to_keep": batch.keep.to(device),
-            },
-        )
+        self.shim.begin_step()
+        inputs, targets = self.shim.training_batch(items, self._decoder.engine.pad_id, drop)
         logits, backprop = self.model.begin_update(inputs)
-        loss, d_logits = self.get_loss(examples, (logits, batch.targets.to(device)))
+        loss, d_logits = self.get_loss(examples, (logits, targets))
         backprop(d_logits)
         if sgd is not None:
             self.finish_update(sgd)
         losses[self.name] += loss
         return losses
+
+    def finish_update(self, sgd: Optimizer) -> None:
+        """The optimizer step; an elastic adapter draws new ranks for the next."""
+        super().finish_update(sgd)
+        self.shim.end_step()
 
     def get_loss(self, examples: Iterable[Example], scores: Any) -> Tuple[float, Any]:
         """Mean cross-entropy over target tokens. `scores` is (logits, targets)."""

@@ -15,11 +15,12 @@ columns that carry a target (`Batch.keep`). Segments are those of
 `prompt.PromptTokenizer`, exactly what inference feeds the model.
 """
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from spacy.tokens import Doc, Span
 
+from .branch_layout import additive_mask, lay_out_row
 from .prompt import PromptTokenizer
 
 
@@ -156,30 +157,17 @@ def pack(items: Sequence[TrainingItem], pad_id: int, dtype: torch.dtype = torch.
         for item in row:
             start = _place(item, start, ids[r], targets[r], positions[r], allowed[r])
         allowed[r, start:, 0] = True  # padding attends somewhere: no empty softmax
-    mask = torch.zeros((n, 1, width, width), dtype=dtype)
-    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-    return _with_kept_columns(ids, mask, positions, targets)
+    return _with_kept_columns(ids, additive_mask(allowed, dtype), positions, targets)
 
 
 def _place(item: TrainingItem, start: int, ids: torch.Tensor, targets: torch.Tensor,
            positions: torch.Tensor, allowed: torch.Tensor) -> int:
-    """Write one text and its branches into a row from `start`; returns where
-    the next text starts."""
-    p = len(item.prefix)
-    ids[start : start + p] = torch.tensor(item.prefix)
-    positions[start : start + p] = torch.arange(p)
-    allowed[start : start + p, start : start + p] = torch.ones((p, p), dtype=torch.bool).tril()
-    prefix_start, start = start, start + p
-    for branch in item.branches:
-        b = len(branch.ids)
-        end = start + b
-        ids[start:end] = torch.tensor(branch.ids)
-        positions[start:end] = torch.arange(p, p + b)
-        allowed[start:end, prefix_start : prefix_start + p] = True
-        allowed[start:end, start:end] = torch.ones((b, b), dtype=torch.bool).tril()
-        _set_targets(targets, start, branch)
-        start = end
-    return start
+    """Write one text and its branches into a row from `start` (the layout
+    of `branch_layout`); returns where the next text starts."""
+    slots = lay_out_row(item.prefix, [b.ids for b in item.branches], ids, positions, allowed, start)
+    for branch, (begin, _) in zip(item.branches, slots):
+        _set_targets(targets, begin, branch)
+    return slots[-1][1] if slots else start + len(item.prefix)
 
 
 def _with_kept_columns(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> Batch:
@@ -224,15 +212,3 @@ def loss_and_gradient(logits: torch.Tensor, targets: torch.Tensor) -> Tuple[floa
     loss = torch.nn.functional.cross_entropy(detached[selected], targets[selected], reduction="sum") / n
     loss.backward()
     return float(loss.detach()), detached.grad.to(logits.dtype)
-
-
-def items_for(
-    docs: Iterable[Doc],
-    prompts: PromptTokenizer,
-    labels: Sequence[str],
-    spans_key: str,
-    max_count: int,
-    decoding: str = "parallel",
-) -> List[TrainingItem]:
-    make = make_structured_item if decoding == "autoregressive" else make_item
-    return [make(doc, prompts, labels, spans_key, max_count) for doc in docs]

@@ -7,8 +7,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal
 
-DecodingMode = Literal["parallel", "autoregressive"]
-DECODING_MODES = ("parallel", "autoregressive")
 AlignmentMode = Literal["strict", "contract", "expand"]
 ALIGNMENT_MODES = ("strict", "contract", "expand")
 

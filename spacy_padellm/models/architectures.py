@@ -45,6 +45,7 @@ def build_causal_lm(
     lora_alpha: int = 32,
     lora_dropout: float = 0.05,
     lora_target_modules: List[str] = DEFAULT_LORA_TARGETS,
+    rank_choices: Optional[List[int]] = None,
 ) -> CausalLMModel:
     """A Hugging Face causal LM, loaded at initialization.
 
@@ -63,9 +64,13 @@ def build_causal_lm(
     mixed_precision (bool): autocast on GPU during training.
     grad_scaler_config (dict): arguments of thinc's PyTorchGradScaler.
     fine_tuning (str): what training updates: "lora" (a new LoRA adapter, or
-        the loaded one; the base stays frozen) or "full" (every weight).
+        the loaded one; the base stays frozen), "elastic_lora" (a LoRA
+        super-adapter trained over `rank_choices`, see
+        `models/elastic_lora.py`) or "full" (every weight).
     lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapter
         created for training when none is loaded (peft's LoraConfig).
+    rank_choices (Optional[List[int]]): elastic_lora's ranks, e.g.
+        [32, 24, 16]; the adapter has the largest (lora_r is ignored).
     """
     default_adapter = name is None and package is None and adapter is None
     if device:
@@ -81,7 +86,7 @@ def build_causal_lm(
         device=device,
         mixed_precision=mixed_precision,
         grad_scaler=PyTorchGradScaler(**grad_scaler_config),
-        fine_tuning=FineTuning(fine_tuning, lora_r, lora_alpha, lora_dropout, list(lora_target_modules)),
+        fine_tuning=FineTuning(fine_tuning, lora_r, lora_alpha, lora_dropout, list(lora_target_modules), list(rank_choices or [])),
     )
     model = Model("spacy_padellm_causal_lm", forward, init=init, shims=[shim], attrs={"default_adapter": default_adapter})
     if default_adapter:
@@ -97,6 +102,7 @@ def build_llama_cpp(
     adapter: Optional[str] = None,
     trust_remote_code: bool = False,
     export: str = "q8_0",
+    lora: str = "merged",
     n_ctx: int = 8192,
     n_threads: Optional[int] = None,
     dtype: str = "auto",
@@ -108,27 +114,33 @@ def build_llama_cpp(
     lora_alpha: int = 32,
     lora_dropout: float = 0.05,
     lora_target_modules: List[str] = DEFAULT_LORA_TARGETS,
+    rank_choices: Optional[List[int]] = None,
 ) -> CausalLMModel:
     """The same model as `CausalLM.v1` (same sources, same saved pipelines),
-    run by llama.cpp on CPU: the adapter is merged into a GGUF file once
+    run by llama.cpp on CPU: the model is written to a GGUF file once
     (cached), and decoding uses `llama_cpp_engine.LlamaCppEngine`.
 
-    export (str): the merged file's weights, "q8_0" (default) or "f16"
-        ("f32" for tests).
+    export (str): the GGUF file's 2D weights, "q8_0" (default), "f16" or
+        "f32" (exact; for tests).
+    lora (str): "merged" (default) writes the adapter into the weights;
+        "runtime" writes the base once for every adapter and applies the
+        adapter as a GGUF LoRA while decoding (slower: see the README).
     n_ctx (int): KV cells shared by a batch's prefixes and branches.
     n_threads (Optional[int]): CPU threads; by default the CPUs this
         process may use.
-    dtype, device, mixed_precision, grad_scaler_config, fine_tuning, lora_*:
-        `CausalLM.v1`'s training and device settings, accepted so that a
+    dtype, device, mixed_precision, grad_scaler_config, fine_tuning, lora_*,
+    rank_choices: `CausalLM.v1`'s training and device settings, accepted so that a
         pipeline trained on torch loads here by changing `@architectures`
         alone; they do not apply (llama.cpp runs on CPU and predicts only).
     Predicts only: train with `CausalLM.v1`.
     """
     from .gguf_export import EXPORT_TYPES
-    from .llama_cpp_shim import LlamaCppShim
+    from .llama_cpp_shim import LORA_MODES, LlamaCppShim
 
     if export not in EXPORT_TYPES:
         raise ValueError(Errors.E2087.format(value=export, options=list(EXPORT_TYPES)))
+    if lora not in LORA_MODES:
+        raise ValueError(Errors.E2089.format(value=lora, options=list(LORA_MODES)))
     if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 256:
         raise ValueError(Errors.E2003.format(name="n_ctx (at least 256)", value=n_ctx))
     if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
@@ -140,6 +152,7 @@ def build_llama_cpp(
         model_source(name, package, gguf_file, revision, trust_remote_code),
         adapter=adapter,
         export=export,
+        lora=lora,
         n_ctx=n_ctx,
         n_threads=n_threads,
     )

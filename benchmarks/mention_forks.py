@@ -1,0 +1,72 @@
+"""Mention branches forked from their count branch against re-encoded behind
+the prefix: tokens evaluated per sentence, latency at batch size 1, and
+whether the entities are identical, on both backends. The two variants run
+on the same pipeline, alternated sentence by sentence.
+
+    python benchmarks/mention_forks.py ../shared/data/conll03/dev.jsonl --lines 500:800 \
+        --out benchmarks/results/mention_forks_cpu
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import spacy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from line_range import line_range  # noqa: E402
+
+BACKENDS = {"torch": "spacy_padellm.CausalLM.v1", "llama.cpp": "spacy_padellm.LlamaCpp.v1"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--lines", type=line_range, default=(500, 800))
+    parser.add_argument("--backends", default="torch,llama.cpp")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    with args.data.open(encoding="utf8") as f:
+        texts = [json.loads(line)[0] for i, line in enumerate(f) if args.lines[0] <= i < args.lines[1]]
+    rows = []
+    for backend in args.backends.split(","):
+        nlp = spacy.blank("en")
+        nlp.add_pipe("padellm_ner", config={"model": {"@architectures": BACKENDS[backend]}})
+        nlp("Warm up .")
+        pipe = nlp.get_pipe("padellm_ner")
+        decoder, engine = pipe._decoder, pipe._decoder.engine
+        stats = {fork: {"ms": [], "tokens": [], "ents": []} for fork in (True, False)}
+        for k, text in enumerate(texts):
+            for fork in ((True, False) if k % 2 == 0 else (False, True)):
+                decoder.fork_mentions = fork
+                before = engine.tokens_evaluated
+                started = time.perf_counter()
+                doc = nlp(text)
+                stats[fork]["ms"].append(1000 * (time.perf_counter() - started))
+                stats[fork]["tokens"].append(engine.tokens_evaluated - before)
+                stats[fork]["ents"].append([(e.start_char, e.end_char, e.label_) for e in doc.ents])
+            if (k + 1) % 50 == 0:
+                print(f"  {backend}: {k + 1}/{len(texts)}", flush=True)
+        same = sum(a == b for a, b in zip(stats[True]["ents"], stats[False]["ents"])) / len(texts)
+        for fork in (False, True):
+            s = stats[fork]
+            rows.append((backend, "forked from the count branch" if fork else "re-encoded behind the prefix",
+                         statistics.mean(s["tokens"]), statistics.mean(s["ms"]), statistics.median(s["ms"]), same))
+    lines = [f"# Mention branches: forked or re-encoded, lines {args.lines[0]}:{args.lines[1]} of {args.data}", "",
+             f"{date.today().isoformat()}; default pipeline (`add_pipe` with the shipped adapter), batch size 1; "
+             "the variants alternated per sentence on one pipeline.", "",
+             "`python benchmarks/mention_forks.py " + " ".join(sys.argv[1:]) + "`", "",
+             "| backend | mention branches | tokens evaluated / sentence | mean ms | median ms | identical entities |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for backend, variant, tokens, mean, median, same in rows:
+        lines.append(f"| {backend} | {variant} | {tokens:.1f} | {mean:.1f} | {median:.1f} | {100 * same:.1f}% |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Pruning (Wanda, magnitude, n:m) and SparsePEFT: a LoRA update masked by
+the sparse base, so that training, merging, saving and loading keep every
+zero of the base."""
+import json
+
+import pytest
+import torch
+from spacy.training import Example
+from thinc.api import Adam
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from spacy_padellm.cli import main
+from spacy_padellm.models.sparse_peft import zero_counts
+from spacy_padellm.models.sparsify import Pattern, keep_mask, linear_layers, sparsify
+from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
+
+from ..conftest import MEMORIZED, make_nlp, memorized_gold_docs
+
+
+def test_keep_mask_prunes_the_lowest_scores_per_row_or_per_group():
+    torch.manual_seed(0)
+    scores = torch.rand(6, 16)
+    keep = keep_mask(scores, 0.5)
+    assert keep.sum(dim=1).tolist() == [8] * 6
+    for row in range(6):  # every pruned score is below every kept one
+        assert scores[row][~keep[row]].max() < scores[row][keep[row]].min()
+    keep = keep_mask(scores, 0.5, Pattern(2, 4))
+    groups = keep.reshape(6, 4, 4)
+    assert (groups.sum(dim=-1) == 2).all()
+    values = scores.reshape(6, 4, 4)
+    assert (torch.where(groups, values, 2.0).min(-1).values > torch.where(~groups, values, -1.0).max(-1).values).all()
+    with pytest.raises(ValueError, match="0 < N < M"):
+        Pattern.parse("4:2")
+
+
+def test_wanda_scores_weights_by_their_input_norms(tiny_model_dir):
+    """The first layer sees the dense model's activations, so its masks can
+    be recomputed here: |W| times the input feature norms, not |W| alone."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = PromptTokenizer(tokenizer, PromptTemplate())
+    batches = [torch.tensor([prompts.prefix(text)]) for text, _ in MEMORIZED]
+    dense = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    (name, module), *_ = linear_layers(dense)[0]
+    seen = []
+    handle = module.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0].reshape(-1, inputs[0].shape[-1])))
+    with torch.no_grad():
+        for ids in batches:
+            dense(input_ids=ids)
+    handle.remove()
+    norms = torch.cat(seen).double().pow(2).sum(0).sqrt().float()
+    expected = keep_mask(module.weight.abs() * norms[None, :], 0.5)
+    pruned = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    report = sparsify(pruned, batches, 0.5, method="wanda")
+    weight = dict(pruned.named_modules())[name].weight
+    assert torch.equal(weight != 0, expected)
+    assert not torch.equal(expected, keep_mask(module.weight.abs(), 0.5))  # not magnitude pruning
+    assert all(share == pytest.approx(0.5, abs=0.01) for share in report.values())
+    assert len(report) == 7 * len(linear_layers(pruned))
+
+
+@pytest.fixture(scope="module")
+def sparse_base(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sparse") / "base"
+    calibration = tmp_path_factory.mktemp("calibration") / "texts.txt"
+    calibration.write_text("\n".join(text for text, _ in MEMORIZED), encoding="utf8")
+    main(["sparsify", str(tiny_model_dir), "--pattern", "2:4", "--calibration", str(calibration), "--output", str(out)])
+    return out
+
+
+def test_sparsify_writes_a_base_that_pipelines_refer_to(sparse_base):
+    report = json.loads((sparse_base / "sparsity.json").read_text())
+    assert report["pattern"] == "2:4" and report["zero_fraction_of_pruned_weights"] == pytest.approx(0.5, abs=0.01)
+    model = AutoModelForCausalLM.from_pretrained(sparse_base)
+    for _, modules in linear_layers(model).items():
+        for _, module in modules:
+            assert ((module.weight != 0).reshape(module.out_features, -1, 4).sum(-1) <= 2).all()
+
+
+def test_sparse_peft_training_and_merge_keep_every_zero(sparse_base, tmp_path):
+    nlp = make_nlp(sparse_base, labels=["LOC", "MISC", "PER"])
+    examples = [Example(nlp.make_doc(ref.text), ref) for ref in memorized_gold_docs(nlp)]
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(0.01, use_averages=False)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    pipe = nlp.get_pipe("padellm_ner")
+    model = pipe.shim.model
+    base = AutoModelForCausalLM.from_pretrained(sparse_base)
+    base_zeros = {n: p == 0 for n, p in base.named_parameters() if p.dim() == 2}
+    lora = [m for m in model.modules() if hasattr(m, "sparse_peft_mask")]
+    assert len(lora) == 7 * len(linear_layers(base))  # every adapted projection is masked
+    unmasked = type(lora[0]).get_delta_weight(lora[0], "default")
+    assert bool((unmasked[~lora[0].sparse_peft_mask] != 0).any())  # plain LoRA would fill the zeros
+    texts = [text for text, _ in MEMORIZED]
+    before = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(texts)]
+    nlp.to_disk(tmp_path / "trained")
+    main(["merge", str(tmp_path / "trained"), "--output", str(tmp_path / "merged")])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged" / "model")
+    merged_params = dict(merged.named_parameters())
+    for name, zeros in base_zeros.items():
+        assert torch.equal(merged_params[name] == 0, zeros), name
+    assert zero_counts(merged) == zero_counts(base)
+    changed = [n for n, z in base_zeros.items() if "proj" in n and not torch.equal(merged_params[n], dict(base.named_parameters())[n])]
+    assert changed  # the adapter was merged in
+    import spacy
+
+    again = spacy.load(tmp_path / "merged" / "pipeline")
+    assert not again.get_pipe("padellm_ner").shim.has_adapter
+    assert [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in again.pipe(texts)] == before
