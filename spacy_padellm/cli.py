@@ -120,6 +120,7 @@ def merge_command(args: argparse.Namespace) -> None:
     shim = nlp.get_pipe(name).shim
     shim.load()
     out = Path(args.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     model_dir = out / "model"
     from .models.qa_sparse_peft import fake_quant, grid_scales
 
@@ -196,6 +197,7 @@ def search_command(args: argparse.Namespace) -> None:
 
     result = hill_climb(evaluate, elastic.median(), elastic.choices, args.budget, elastic.parameters, progress=progress)
     out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
     shim.unmerge()
     shim.prediction_ranks = result.best.ranks
     config = nlp.get_pipe_config(names[0])["model"]

@@ -39,16 +39,18 @@ def test_rank_r_is_the_first_r_rows_of_a_and_columns_of_b(tiny_model_dir):
         elastic.use({g: 3 for g in elastic.groups})
 
 
-def elastic_nlp(model_dir):
+def elastic_nlp(model_dir, decoding="parallel"):
     nlp = spacy.blank("en")
     model = {"@architectures": "spacy_padellm.CausalLM.v1", "name": str(model_dir), "device": "cpu",
              "fine_tuning": "elastic_lora", "rank_choices": [8, 4, 2], "lora_dropout": 0.0}
-    nlp.add_pipe("padellm_ner", config={"labels": ["LOC", "MISC", "PER"], "model": model})
+    config = {"labels": ["LOC", "MISC", "PER"], "model": model, "decoding": decoding, "max_count": 4, "max_mention_tokens": 8}
+    nlp.add_pipe("padellm_ner", config=config)
     return nlp
 
 
-def test_each_group_draws_one_rank_per_optimizer_step(memorized_model_dir, tmp_path):
-    nlp = elastic_nlp(memorized_model_dir)
+@pytest.mark.parametrize("decoding", ["parallel", "autoregressive"])
+def test_each_group_draws_one_rank_per_optimizer_step(memorized_model_dir, tmp_path, decoding):
+    nlp = elastic_nlp(memorized_model_dir, decoding)
     examples = [Example(nlp.make_doc(ref.text), ref) for ref in memorized_gold_docs(nlp)]
     nlp.initialize(lambda: examples)
     pipe = nlp.get_pipe("padellm_ner")
@@ -78,6 +80,32 @@ def test_each_group_draws_one_rank_per_optimizer_step(memorized_model_dir, tmp_p
     shim = again.get_pipe("padellm_ner").shim
     assert shim.elastic is not None and shim.elastic.choices == [8, 4, 2]
     assert [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in again.pipe(texts)] == predicted
+    if decoding == "parallel":
+        check_search_command(tmp_path / "elastic", examples, tmp_path)
+
+
+def check_search_command(pipeline, examples, tmp_path):
+    """`search-adapter` on the trained super-adapter: it reports every trial,
+    and its pipeline's sliced adapter predicts what the super-adapter did at
+    the chosen ranks."""
+    import json
+
+    from spacy.tokens import DocBin
+
+    from spacy_padellm.cli import main
+
+    DocBin(docs=[eg.reference for eg in examples], store_user_data=True).to_disk(tmp_path / "dev.spacy")
+    main(["search-adapter", str(pipeline), str(tmp_path / "dev.spacy"), "--budget", "3", "--output", str(tmp_path / "search")])
+    report = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert len(report["trials"]) == 3 and report["trials"][0]["ranks"] == {g: 4 for g in report["best"]["ranks"]}
+    assert report["best"]["score"] == max(t["score"] for t in report["trials"])
+    searched = spacy.load(tmp_path / "search" / "pipeline")
+    assert searched.get_pipe("padellm_ner").shim.elastic is None  # a plain LoRA now
+    super_nlp = spacy.load(pipeline)
+    super_nlp.get_pipe("padellm_ner").shim.prediction_ranks = report["best"]["ranks"]
+    texts = [eg.reference.text for eg in examples]
+    expected = [[(e.start_char, e.end_char, e.label_) for e in d.ents] for d in super_nlp.pipe(texts)]
+    assert [[(e.start_char, e.end_char, e.label_) for e in d.ents] for d in searched.pipe(texts)] == expected
 
 
 def test_the_search_keeps_the_global_best_and_its_budget():
