@@ -34,6 +34,29 @@ class Generation:
         return math.exp(sum(self.logprobs))
 
 
+def branch_bounds(max_new_tokens: Union[int, Sequence[int]], n: int) -> List[int]:
+    """Each of `n` branches' token bound: `max_new_tokens` for all, or one
+    per branch; every bound positive."""
+    bounds = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(bounds) != n or any(bound < 1 for bound in bounds):
+        raise ValueError("max_new_tokens needs one positive bound per branch.")
+    return bounds
+
+
+class HFTokenizerText:
+    """`Backend.tokenize` and `detokenize` through the Hugging Face tokenizer
+    an engine holds as `self.tokenizer` (all engines here decode token ids
+    of that tokenizer, whatever runs the model)."""
+
+    tokenizer: Any
+
+    def tokenize(self, text: str) -> List[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What a decoding scheme needs from an engine.

@@ -18,7 +18,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 CALIBRATION_TEXTS = 128
 CALIBRATION_TOKENS = 256
@@ -105,20 +105,27 @@ def sparsify_command(args: argparse.Namespace) -> None:
 GGUF_TYPES = {"Q8_0": "q8_0", "F16": "f16", "F32": "f32"}
 
 
-def merge_command(args: argparse.Namespace) -> None:
+def _load_component(path: str) -> Tuple[Any, str, Any]:
+    """A saved pipeline, the name of its padellm_ner component, and that
+    component's loaded model shim."""
     import spacy
 
-    from .models.hf_calls import hf_call
-    from .models.loader import ModelSource
     from .pipe import PaDeLLMNER
 
-    nlp = spacy.load(args.pipeline)
+    nlp = spacy.load(path)
     names = [name for name, pipe in nlp.pipeline if isinstance(pipe, PaDeLLMNER)]
     if not names:
-        raise SystemExit(f"{args.pipeline} has no padellm_ner component to merge.")
-    name = names[0]
-    shim = nlp.get_pipe(name).shim
+        raise SystemExit(f"{path} has no padellm_ner component.")
+    shim = nlp.get_pipe(names[0]).shim
     shim.load()
+    return nlp, names[0], shim
+
+
+def merge_command(args: argparse.Namespace) -> None:
+    from .models.hf_calls import hf_call
+    from .models.loader import ModelSource
+
+    nlp, name, shim = _load_component(args.pipeline)
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     model_dir = out / "model"
@@ -168,17 +175,9 @@ def _examples(nlp: Any, path: Path, skip: int, limit: int) -> List[Any]:
 
 
 def search_command(args: argparse.Namespace) -> None:
-    import spacy
-
     from .models.adapter_search import hill_climb, slice_adapter
-    from .pipe import PaDeLLMNER
 
-    nlp = spacy.load(args.pipeline)
-    names = [name for name, pipe in nlp.pipeline if isinstance(pipe, PaDeLLMNER)]
-    if not names:
-        raise SystemExit(f"{args.pipeline} has no padellm_ner component.")
-    shim = nlp.get_pipe(names[0]).shim
-    shim.load()
+    nlp, name, shim = _load_component(args.pipeline)
     elastic = shim.elastic
     if elastic is None:
         raise SystemExit(f"{args.pipeline} has no elastic adapter: train it with fine_tuning = \"elastic_lora\".")
@@ -200,10 +199,10 @@ def search_command(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shim.unmerge()
     shim.prediction_ranks = result.best.ranks
-    config = nlp.get_pipe_config(names[0])["model"]
+    config = nlp.get_pipe_config(name)["model"]
     config["fine_tuning"] = "lora"  # the sub-adapter is a plain LoRA with per-module ranks
     nlp.to_disk(out / "pipeline")
-    adapter = out / "pipeline" / names[0] / "model" / "adapter"
+    adapter = out / "pipeline" / name / "model" / "adapter"
     slice_adapter(adapter, elastic.ranks_by_module(result.best.ranks), adapter)
     report = {
         "pipeline": str(args.pipeline), "dev": str(args.dev), "texts": len(examples), "budget": args.budget,

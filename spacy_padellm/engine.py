@@ -21,7 +21,7 @@ from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .backend import Generation
+from .backend import Generation, HFTokenizerText, branch_bounds
 from .branch_layout import additive_mask, lay_out_row
 from .compat import cache_argument, output_cache
 
@@ -69,7 +69,7 @@ def _compact(group: List[KeptBranch]) -> None:
         branch.cache, branch.row = compact, row
 
 
-class BranchDecoder:
+class BranchDecoder(HFTokenizerText):
     """Greedy, batched decoding of branches that share per-text prefixes:
     the torch implementation of `backend.Backend`.
 
@@ -96,12 +96,6 @@ class BranchDecoder:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    def tokenize(self, text: str) -> List[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def context_length(self) -> Optional[int]:
         return self._context
@@ -279,9 +273,9 @@ class BranchDecoder:
         """`decode` behind kept branches: each kept cache stands in for the
         prefixes, and the suffix starts with the branch's stop token."""
         n = len(suffixes)
-        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(branches) != n or len(limits) != n or any(b is None for b in branches):
-            raise ValueError("fork needs one kept branch and one bound per suffix.")
+        limits = branch_bounds(max_new_tokens, n)
+        if len(branches) != n or any(b is None for b in branches):
+            raise ValueError("fork needs one kept branch per suffix.")
         groups: Dict[int, List[int]] = {}
         for k, branch in enumerate(branches):
             groups.setdefault(id(branch.cache), []).append(k)
@@ -314,11 +308,7 @@ class BranchDecoder:
         tokens that its mask hides, so the last cache holds every branch."""
         device = logits.device
         n = logits.shape[0]
-        if isinstance(max_new_tokens, int):
-            max_new_tokens = [max_new_tokens] * n
-        limits = torch.tensor(list(max_new_tokens), dtype=torch.long, device=device)
-        if len(limits) != n or bool((limits < 1).any()):
-            raise ValueError("max_new_tokens needs one positive bound per branch.")
+        limits = torch.tensor(branch_bounds(max_new_tokens, n), dtype=torch.long, device=device)
         stop = torch.tensor(self.stop_ids, dtype=torch.long, device=device)
         tokens: List[List[int]] = [[] for _ in range(n)]
         logprobs: List[List[float]] = [[] for _ in range(n)]

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy
 
-from .backend import Generation
+from .backend import Generation, HFTokenizerText, branch_bounds
 from .errors import Errors
 
 logger = logging.getLogger("spacy_padellm")
@@ -93,7 +93,7 @@ class KeptBranch:
     cells: int
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(HFTokenizerText):
     """Greedy, batched decoding of branches behind shared prefixes, on a
     GGUF model loaded by llama.cpp.
 
@@ -244,12 +244,6 @@ class LlamaCppEngine:
         return numpy.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
 
     # --- Backend --------------------------------------------------------------
-    def tokenize(self, text: str) -> List[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
-
     def context_length(self) -> Optional[int]:
         """The model's trained context or `n_ctx`, the smaller."""
         return min(x for x in (self.n_ctx_train, self.n_ctx) if x)
@@ -350,9 +344,7 @@ class LlamaCppEngine:
         n = len(starts)
         if n == 0:
             return []
-        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(limits) != n or min(limits) < 1:
-            raise ValueError("max_new_tokens needs one positive bound per branch.")
+        limits = branch_bounds(max_new_tokens, n)
         with self._lock:
             self._ensure_process()
             out: List[Generation] = []

@@ -14,7 +14,7 @@ only what comes out.
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .backend import Generation
+from .backend import Generation, HFTokenizerText, branch_bounds
 
 Script = Callable[[str], str]
 
@@ -32,7 +32,7 @@ class ScriptedBranch:
     tokens: List[int]
 
 
-class ScriptedBackend:
+class ScriptedBackend(HFTokenizerText):
     """tokenizer: a Hugging Face tokenizer (its `decode` and `__call__`).
     script: branch text -> what the branch generates next; tokenized, cut at
         the first stop token or at the branch's bound.
@@ -72,9 +72,7 @@ class ScriptedBackend:
         return Generation(ids, [self.logprob] * len(ids), end is not None)
 
     def _run(self, text_index: Sequence[int], branches: Sequence[List[int]], max_new_tokens: Any, keep: bool) -> List[Generation]:
-        limits = [max_new_tokens] * len(branches) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(limits) != len(branches) or any(limit < 1 for limit in limits):
-            raise ValueError("max_new_tokens needs one positive bound per branch.")
+        limits = branch_bounds(max_new_tokens, len(branches))
         out = []
         for i, branch, limit in zip(text_index, branches, limits):
             gen = self._generate(branch, limit)
@@ -85,12 +83,6 @@ class ScriptedBackend:
         return out
 
     # --- Backend ------------------------------------------------------------
-    def tokenize(self, text: str) -> List[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
-
     def context_length(self) -> Optional[int]:
         return None
 
@@ -98,6 +90,9 @@ class ScriptedBackend:
         if any(len(p) == 0 for p in prefixes):
             raise ValueError("Every prefix needs at least one token.")
         self.calls.append(("encode", len(prefixes)))
+        return self._new_prefixes(prefixes)
+
+    def _new_prefixes(self, prefixes: Sequence[Sequence[int]]) -> ScriptedPrefixes:
         handle = ScriptedPrefixes([list(p) for p in prefixes])
         self.tokens_evaluated += sum(len(p) for p in prefixes)
         self.live[id(handle)] = handle
@@ -112,9 +107,7 @@ class ScriptedBackend:
         keep: bool = False,
     ) -> Tuple[ScriptedPrefixes, List[Generation]]:
         self.calls.append(("first", len(suffixes)))
-        handle = ScriptedPrefixes([list(p) for p in prefixes])
-        self.tokens_evaluated += sum(len(p) for p in prefixes)
-        self.live[id(handle)] = handle
+        handle = self._new_prefixes(prefixes)
         text_index = [i for i in range(len(prefixes)) for _ in suffixes]
         return handle, self._run(text_index, [list(s) for _ in prefixes for s in suffixes], max_new_tokens, keep)
 

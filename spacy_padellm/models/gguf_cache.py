@@ -131,6 +131,23 @@ def write_entry(directory: Path, model: Any, tokenizer: Any, key: Dict[str, Any]
     (directory / KEY_FILE).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf8")
 
 
+def build_entry(entry: Path, key: Dict[str, Any], files: Sequence[str], write: Callable[[Path], None]) -> Path:
+    """The cache entry `entry` under `key`, holding `files`: as it is when
+    complete, else written by `write(directory)` into a temporary sibling,
+    the key file added, and published (another process may win the race;
+    its entry is used). Errors of `write` propagate."""
+    if is_complete(entry, key, files):
+        return entry
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
+    try:
+        write(tmp)
+        (tmp / KEY_FILE).write_text(json.dumps(key, sort_keys=True), encoding="utf8")
+        return publish(tmp, entry, key, files)
+    finally:  # gone already when published; left when another process won
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def publish(tmp: Path, entry: Path, key: Dict[str, Any], files: Sequence[str] = ENTRY_FILES) -> Path:
     """Rename the written entry into place; if another process got there
     first, use its entry; a damaged one in the way is moved aside. `files`:

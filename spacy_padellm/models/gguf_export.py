@@ -59,10 +59,12 @@ def _tokens(tokenizer: Any, vocab_size: int) -> Dict[str, Any]:
 def _q8_0_blocks(weight: numpy.ndarray, scales: numpy.ndarray) -> numpy.ndarray:
     """Q8_0 bytes of a weight on the grid `scales` ([out, in/32]): per block
     a float16 scale and 32 int8 levels, as gguf's own quantizer lays them out."""
+    import torch
+
+    from .qa_sparse_peft import quantize  # the very rounding training used
+
     rows, cols = weight.shape
-    d = scales.astype(numpy.float32)[..., None]
-    blocks = weight.astype(numpy.float32).reshape(rows, cols // 32, 32)
-    q = numpy.where(d > 0, numpy.round(blocks / numpy.where(d > 0, d, 1.0)), 0.0).clip(-127, 127).astype(numpy.int8)
+    q = quantize(torch.from_numpy(weight), torch.from_numpy(scales)).numpy().astype(numpy.int8).reshape(rows, cols // 32, 32)
     packed = numpy.concatenate([scales.astype(numpy.float16)[..., None].view(numpy.uint8), q.view(numpy.uint8)], axis=-1)
     return packed.reshape(rows, cols // 32 * 34)
 

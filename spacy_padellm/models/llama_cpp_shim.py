@@ -13,7 +13,6 @@ Entries are written and published as the GGUF conversion cache's are
 """
 import hashlib
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -22,7 +21,7 @@ import srsly
 import torch
 
 from ..errors import Errors
-from .gguf_cache import KEY_FILE, _version, cache_root, is_complete, publish
+from .gguf_cache import _version, build_entry, cache_root
 from .hf_calls import hf_call
 from .loader import ModelSource, load_model, locate, logger
 from .shim import ADAPTER_FILES, CausalLMShim, read_meta
@@ -96,45 +95,32 @@ class LlamaCppShim(CausalLMShim):
         key = self._key(adapter_files)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf8")).hexdigest()[:16]
         entry = root / "llama_cpp" / f"{self.export}-{digest}"
-        if is_complete(entry, key, ENTRY_FILES):
-            return entry
-        logger.info("Writing the llama.cpp model of %s (once; later loads reuse %s)", self.source.describe(), entry)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
-        try:
+
+        def write(directory: Path) -> None:
+            logger.info("Writing the llama.cpp model of %s (once; later loads reuse %s)", self.source.describe(), entry)
             model, tokenizer = load_model(self.source, "float32", "cpu", adapter)
             with hf_call():
                 if hasattr(model, "merge_and_unload"):
                     model = model.merge_and_unload()
-                tokenizer.save_pretrained(str(tmp))
+                tokenizer.save_pretrained(str(directory))
             from .gguf_export import export_gguf
 
-            export_gguf(model, tokenizer, tmp / MODEL_FILE, self.export)
-            del model
-            (tmp / KEY_FILE).write_text(json.dumps(key, sort_keys=True), encoding="utf8")
-            return publish(tmp, entry, key, ENTRY_FILES)
-        finally:  # gone already when published; left when another process won
-            shutil.rmtree(tmp, ignore_errors=True)
+            export_gguf(model, tokenizer, directory / MODEL_FILE, self.export)
+
+        return build_entry(entry, key, ENTRY_FILES, write)
 
     def _cached_lora(self, adapter_files: Dict[str, bytes], adapter: Optional[str], base: Path) -> Path:
         """The adapter as a GGUF LoRA for the base file in entry `base`,
         written once (seconds: no model is loaded)."""
         from .gguf_export import export_lora_gguf
 
-        digest = hashlib.sha256()
-        for name in sorted(adapter_files):
-            digest.update(name.encode() + adapter_files[name])
-        key = {"format": FORMAT, "base": base.name, "adapter_sha256": digest.hexdigest(), "gguf": _version("gguf")}
+        key = {"format": FORMAT, "base": base.name, "adapter_sha256": _adapter_sha256(adapter_files), "gguf": _version("gguf")}
         entry = base.parent / f"lora-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
-        if not is_complete(entry, key, (LORA_FILE,)):
-            tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
-            try:
-                export_lora_gguf(adapter_files, base / MODEL_FILE, tmp / LORA_FILE, shown_as=str(adapter))
-                (tmp / KEY_FILE).write_text(json.dumps(key, sort_keys=True), encoding="utf8")
-                entry = publish(tmp, entry, key, (LORA_FILE,))
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return entry / LORA_FILE
+
+        def write(directory: Path) -> None:
+            export_lora_gguf(adapter_files, base / MODEL_FILE, directory / LORA_FILE, shown_as=str(adapter))
+
+        return build_entry(entry, key, (LORA_FILE,), write) / LORA_FILE
 
     def _key(self, adapter_files: Dict[str, bytes]) -> Dict[str, Any]:
         """What the exported file depends on."""
@@ -145,14 +131,11 @@ class LlamaCppShim(CausalLMShim):
                 if path.is_file():
                     stat = path.stat()
                     base.append([path.name, stat.st_size, int(stat.st_mtime)])
-        adapter = hashlib.sha256()
-        for name in sorted(adapter_files):
-            adapter.update(name.encode() + adapter_files[name])
         return {
             "format": FORMAT,
             "source": self.source.to_dict(),
             "base_files": base,
-            "adapter_sha256": adapter.hexdigest() if adapter_files else None,
+            "adapter_sha256": _adapter_sha256(adapter_files),
             "export": self.export,
             "versions": {p: _version(p) for p in ("transformers", "peft", "gguf", "torch")},
         }
@@ -215,6 +198,16 @@ class LlamaCppShim(CausalLMShim):
             self.adapter = None
             self.load(adapter_dir=adapter, reload=True)
         return self
+
+
+def _adapter_sha256(files: Dict[str, bytes]) -> Optional[str]:
+    """One digest of an adapter's files (names and bytes); None without any."""
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + files[name])
+    return digest.hexdigest()
 
 
 def _read_adapter(directory: str) -> Dict[str, bytes]:

@@ -15,14 +15,21 @@ from ..conftest import MEMORIZED, memorized_gold_docs
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def test_rank_r_is_the_first_r_rows_of_a_and_columns_of_b(tiny_model_dir):
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+def super_adapter(model_dir, seed):
+    """A rank-8 LoRA on every projection of the tiny model, B non-zero (a
+    fresh one adds nothing), alpha 16."""
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
                            LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.1)
+    return model
+
+
+def test_rank_r_is_the_first_r_rows_of_a_and_columns_of_b(tiny_model_dir):
+    model = super_adapter(tiny_model_dir, seed=0)
     elastic = ElasticAdapter(model, [8, 4, 2])
     n_layers = model.config.num_hidden_layers
     assert sorted(elastic.groups) == sorted(f"{i}.{k}" for i in range(n_layers) for k in ("attention", "mlp"))
@@ -128,13 +135,7 @@ def test_a_sliced_sub_adapter_computes_what_the_super_adapter_did(tiny_model_dir
 
     from spacy_padellm.models.adapter_search import slice_adapter
 
-    torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.1)
+    model = super_adapter(tiny_model_dir, seed=1)
     model.save_pretrained(tmp_path / "super")
     elastic = ElasticAdapter(model, [8, 4, 2])
     ranks = {g: [8, 4, 2][i % 3] for i, g in enumerate(sorted(elastic.groups))}
