@@ -3,6 +3,7 @@
     sparsify [BASE] --sparsity 0.5 [--pattern 2:4] --calibration TRAIN --output DIR
     merge PIPELINE --output DIR [--gguf Q8_0|F16|F32]
     search-adapter PIPELINE DEV --budget N --output DIR
+    annotate INPUT OUTPUT [--pipeline P] [--n-process N | --ray ADDRESS]
 
 `sparsify` prunes a base (by default the shipped SmolLM2-135M) and writes
 it once as a Hugging Face directory that pipelines refer to by path
@@ -12,6 +13,8 @@ merged weights keep every zero: SparsePEFT) and writes the merged model,
 optionally as GGUF for the llama.cpp backend, plus a pipeline that uses it.
 `search-adapter` picks the best sub-adapter of an elastic LoRA
 super-adapter on dev data and writes a pipeline with it, sliced.
+`annotate` runs a pipeline over a corpus, resumably, on one machine or on
+Ray (see `annotation/`).
 """
 import argparse
 import json
@@ -83,8 +86,8 @@ def sparsify_command(args: argparse.Namespace) -> None:
         with torch.no_grad():
             for modules in linear_layers(model).values():
                 for _, module in modules:
-                    module.weight.copy_(snap(module.weight))
-        (out / GRID_FILE).write_text(json.dumps({"grid": "q8_0", "block": 32}) + "\n", encoding="utf8")
+                    module.weight.copy_(snap(module.weight, args.quantize))
+        (out / GRID_FILE).write_text(json.dumps({"grid": args.quantize, "block": 32}) + "\n", encoding="utf8")
     from .models.hf_calls import hf_call
 
     with hf_call():  # transformers' progress bars stay out of the user's terminal
@@ -129,25 +132,18 @@ def merge_command(args: argparse.Namespace) -> None:
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     model_dir = out / "model"
-    from .models.qa_sparse_peft import fake_quant, grid_scales
+    from .models.qa_sparse_peft import merge_onto_grid
 
     with hf_call():
-        model = shim.model
-        grid = grid_scales(model)  # the base's Q8_0 scales of a quantization-aware adapter
-        merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-        params = dict(merged.named_parameters())
-        import torch
-
-        with torch.no_grad():
-            for param, scales in grid.items():  # exactly on the grid, whatever the sum's rounding
-                params[param].copy_(fake_quant(params[param], scales))
+        merged, grid, kind = merge_onto_grid(shim.model)  # a QA adapter lands exactly on the base's grid
         merged.save_pretrained(model_dir, safe_serialization=True)
         shim.tokenizer.save_pretrained(model_dir)
     _say(f"Wrote the merged model to {model_dir}")
     if args.gguf:
         from .models.gguf_export import export_gguf
 
-        path = export_gguf(merged, shim.tokenizer, model_dir / "model.gguf", GGUF_TYPES[args.gguf.upper()], grid=grid)
+        path = export_gguf(merged, shim.tokenizer, model_dir / "model.gguf", GGUF_TYPES[args.gguf.upper()],
+                           grid=grid, grid_type=kind)
         _say(f"Wrote {path} (llama.cpp: LlamaCpp.v1 with name = \"{model_dir}\" exports it again; "
              "or load the file with any GGUF reader)")
     # The pipeline now refers to the merged model and carries no adapter.
@@ -227,8 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sp.add_argument("--method", default="wanda", choices=["wanda", "magnitude"])
     sp.add_argument("--calibration", type=Path, default=None, help="training texts for Wanda (JSONL, .spacy or text)")
     sp.add_argument("--samples", type=int, default=CALIBRATION_TEXTS, help="calibration texts used")
-    sp.add_argument("--quantize", default=None, type=str.lower, choices=["q8_0"],
-                    help="also put the pruned projections on GGUF's Q8_0 grid (for QA-SparsePEFT)")
+    sp.add_argument("--quantize", default=None, type=str.lower, choices=["q8_0", "q4_0"],
+                    help="also put the pruned projections on GGUF's Q8_0 or Q4_0 grid (for QA-SparsePEFT)")
     sp.add_argument("--output", required=True, help="directory for the sparse base")
     sp.set_defaults(run=sparsify_command)
     mp = commands.add_parser("merge", help="fold a pipeline's adapter into its base; write the model and a pipeline")
@@ -244,7 +240,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     se.add_argument("--limit", type=int, default=0, help="dev texts used (0: all)")
     se.add_argument("--output", required=True, help="directory for pipeline/ and search.json")
     se.set_defaults(run=search_command)
-    args = parser.parse_args(argv)
+    from .annotation import command as annotate
+
+    annotate.add_parser(commands)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "annotate":
+        args.run(args, extra)
+        return
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "sparsify" and args.method == "wanda" and args.calibration is None:
         parser.error("sparsify --method wanda needs --calibration TRAIN (or use --method magnitude)")
     args.run(args)

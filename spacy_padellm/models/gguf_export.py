@@ -69,16 +69,34 @@ def _q8_0_blocks(weight: numpy.ndarray, scales: numpy.ndarray) -> numpy.ndarray:
     return packed.reshape(rows, cols // 32 * 34)
 
 
+def _q4_0_blocks(weight: numpy.ndarray, scales: numpy.ndarray) -> numpy.ndarray:
+    """Q4_0 bytes of a weight on the grid `scales`: per block a float16
+    scale, then 16 bytes whose low nibbles hold levels 0-15 and high nibbles
+    16-31, each stored as q + 8 (ggml's block_q4_0)."""
+    import torch
+
+    from .qa_sparse_peft import quantize
+
+    rows, cols = weight.shape
+    q = quantize(torch.from_numpy(weight), torch.from_numpy(scales), "q4_0").numpy().astype(numpy.int16) + 8
+    q = q.astype(numpy.uint8).reshape(rows, cols // 32, 32)
+    nibbles = q[..., :16] | (q[..., 16:] << 4)
+    packed = numpy.concatenate([scales.astype(numpy.float16)[..., None].view(numpy.uint8), nibbles], axis=-1)
+    return packed.reshape(rows, cols // 32 * 18)
+
+
 def export_gguf(
-    model: Any, tokenizer: Any, path: Path, out_type: str = "q8_0", name: str = "padellm", grid: Optional[Dict[str, Any]] = None
+    model: Any, tokenizer: Any, path: Path, out_type: str = "q8_0", name: str = "padellm", grid: Optional[Dict[str, Any]] = None,
+    grid_type: str = "q8_0",
 ) -> Path:
     """Write `model` (a Hugging Face Llama-architecture causal LM, adapter
     merged) and `tokenizer` to the GGUF file `path`; 2D weights in
     `out_type` ("q8_0", "f16" or "f32"), norms in float32.
 
-    grid: Q8_0 scales by parameter name (a QA-SparsePEFT merge): those
-    weights are written as Q8_0 blocks on exactly these scales, whatever
-    `out_type`, so llama.cpp reads back the weights training evaluated."""
+    grid: scales of grid `grid_type` ("q8_0" or "q4_0") by parameter name
+    (a QA-SparsePEFT merge): those weights are written as blocks of that
+    type on exactly these scales, whatever `out_type`, so llama.cpp reads
+    back the weights training evaluated."""
     import gguf
     import torch
 
@@ -145,9 +163,10 @@ def export_gguf(
         elif hf_name.endswith("k_proj.weight"):
             data = _permute(data, n_kv)
             scales = None if scales is None else _permute(scales, n_kv)
-        if scales is not None:
-            q8 = gguf.GGMLQuantizationType.Q8_0
-            writer.add_tensor(gguf_name, _q8_0_blocks(data, scales), raw_dtype=q8)
+        if scales is not None and grid_type == "q4_0":
+            writer.add_tensor(gguf_name, _q4_0_blocks(data, scales), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+        elif scales is not None:
+            writer.add_tensor(gguf_name, _q8_0_blocks(data, scales), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         elif data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(gguf_name, data.astype(numpy.float32))
         elif qtype == gguf.GGMLQuantizationType.F16:

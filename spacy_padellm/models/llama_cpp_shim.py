@@ -29,7 +29,7 @@ from .shim import ADAPTER_FILES, CausalLMShim, read_meta
 MODEL_FILE = "model.gguf"
 ENTRY_FILES = (MODEL_FILE, "tokenizer_config.json")
 LORA_FILE = "adapter.gguf"
-FORMAT = 1
+FORMAT = 2  # 2: adapters trained on a Q8_0/Q4_0 grid are written on that grid
 LORA_MODES = ("merged", "runtime")
 
 
@@ -99,13 +99,16 @@ class LlamaCppShim(CausalLMShim):
         def write(directory: Path) -> None:
             logger.info("Writing the llama.cpp model of %s (once; later loads reuse %s)", self.source.describe(), entry)
             model, tokenizer = load_model(self.source, "float32", "cpu", adapter)
+            from .qa_sparse_peft import merge_onto_grid
+
             with hf_call():
-                if hasattr(model, "merge_and_unload"):
-                    model = model.merge_and_unload()
+                # An adapter trained through a Q8_0/Q4_0 base's grid is written on
+                # exactly that grid, so llama.cpp runs what training evaluated.
+                model, grid, kind = merge_onto_grid(model)
                 tokenizer.save_pretrained(str(directory))
             from .gguf_export import export_gguf
 
-            export_gguf(model, tokenizer, directory / MODEL_FILE, self.export)
+            export_gguf(model, tokenizer, directory / MODEL_FILE, self.export, grid=grid or None, grid_type=kind)
 
         return build_entry(entry, key, ENTRY_FILES, write)
 

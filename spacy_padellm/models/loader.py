@@ -310,10 +310,11 @@ def load_model(source: ModelSource, dtype: str, device: Optional[str], adapter: 
             if not checked:
                 check_fits(adapter_files, model, source.describe())
             model = _wrap_with_adapter(model, adapter_files, source.describe())
-            from .qa_sparse_peft import apply_quantization_aware, base_on_grid
+            from .qa_sparse_peft import apply_quantization_aware, base_grid
 
-            if base_on_grid(files.location):  # predict exactly as training did: on the base's grid
-                apply_quantization_aware(model)
+            kind = base_grid(files.location)
+            if kind:  # predict exactly as training did: on the base's grid
+                apply_quantization_aware(model, kind)
     return model.eval(), tokenizer
 
 

@@ -237,11 +237,12 @@ class CausalLMShim(PyTorchShim):
             if masked:
                 logger.info("SparsePEFT: the adapter's update is masked by the sparse base in %d layers", masked)
             from .loader import locate
-            from .qa_sparse_peft import apply_quantization_aware, base_on_grid
+            from .qa_sparse_peft import apply_quantization_aware, base_grid
 
-            if base_on_grid(locate(self.source)[0]):
-                n = apply_quantization_aware(model)
-                logger.info("QA-SparsePEFT: %d layers train through the base's Q8_0 grid", n)
+            kind = base_grid(locate(self.source)[0])
+            if kind:
+                n = apply_quantization_aware(model, kind)
+                logger.info("QA-SparsePEFT: %d layers train through the base's %s grid", n, kind.upper())
             changed = True
         if self.fine_tuning.mode == "elastic_lora":
             from .elastic_lora import ElasticAdapter

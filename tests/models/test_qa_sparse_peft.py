@@ -1,6 +1,9 @@
-"""QA-SparsePEFT: an adapter trained through a Q8_0-grid base's quantizer;
-the merge lands on the same grid, keeps the zeros, and the GGUF export is
-the model training evaluated."""
+"""QA-SparsePEFT: an adapter trained through the quantizer of a base on
+GGUF's Q8_0 or Q4_0 grid; the merge lands on the same grid, keeps the
+zeros, and the GGUF export is the model training evaluated."""
+import json
+
+import numpy
 import pytest
 import torch
 from spacy.training import Example
@@ -8,29 +11,46 @@ from thinc.api import Adam
 from transformers import AutoModelForCausalLM
 
 from spacy_padellm.cli import main
-from spacy_padellm.models.qa_sparse_peft import SCALES, fake_quant, q8_scales, quantize, snap
+from spacy_padellm.models.qa_sparse_peft import LEVELS, SCALES, block_scales, fake_quant, quantize, snap
 from spacy_padellm.models.sparsify import linear_layers
 
 from ..conftest import MEMORIZED, make_nlp, memorized_gold_docs
 
 
-def test_the_grid_holds_zero_and_gives_back_its_scales():
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+def test_the_grid_holds_zero_and_gives_back_its_scales(kind):
     torch.manual_seed(0)
     weight = torch.randn(4, 64)
     weight[:, :32] = 0.0  # a pruned block
-    on_grid = snap(weight)
+    on_grid = snap(weight, kind)
     assert torch.equal(on_grid[:, :32], torch.zeros(4, 32))
-    assert torch.equal(q8_scales(on_grid), q8_scales(weight))  # read back from the weights
-    assert torch.equal(snap(on_grid), on_grid)
-    levels = quantize(on_grid, q8_scales(on_grid))
-    assert torch.equal(levels, levels.round()) and levels.abs().max() == 127
+    assert torch.equal(block_scales(on_grid, kind), block_scales(weight, kind))  # read back from the weights
+    assert torch.equal(snap(on_grid, kind), on_grid)
+    levels = quantize(on_grid, block_scales(on_grid, kind), kind)
+    low, high = LEVELS[kind]
+    assert torch.equal(levels, levels.round()) and levels.min() >= low and levels.max() <= high
+    assert len(levels[:, 32:].unique()) >= 10  # many levels of the grid are used, not a few
+    if kind == "q4_0":
+        assert (levels[:, 32:] == -8).any(dim=1).all()  # the block's peak sits on level -8, as ggml puts it
 
 
-@pytest.fixture(scope="module")
-def grid_base(memorized_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("qa") / "base"
+def test_gguf_reads_back_the_q4_0_blocks(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from spacy_padellm.models.gguf_export import _q4_0_blocks
+
+    torch.manual_seed(1)
+    weight = snap(torch.randn(3, 64), "q4_0")
+    weight[0, :32] = 0.0
+    blocks = _q4_0_blocks(weight.numpy(), block_scales(weight, "q4_0").numpy())
+    back = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_0)
+    assert numpy.array_equal(back.reshape(3, 64), weight.numpy())
+
+
+@pytest.fixture(scope="module", params=["q8_0", "q4_0"])
+def grid_base(memorized_model_dir, tmp_path_factory, request):
+    out = tmp_path_factory.mktemp(f"qa-{request.param}") / "base"
     main(["sparsify", str(memorized_model_dir), "--method", "magnitude", "--sparsity", "0.25",
-          "--quantize", "q8_0", "--output", str(out)])
+          "--quantize", request.param, "--output", str(out)])
     return out
 
 
@@ -55,6 +75,7 @@ def train_and_merge(grid_base, tmp_path):
 
 def test_quantization_aware_training_merges_onto_the_grid(grid_base, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(grid_base)
+    kind = json.loads((grid_base / "quantization.json").read_text())["grid"]
     ids, trained, model_dir = train_and_merge(grid_base, tmp_path)
     merged = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     base_params = dict(base.named_parameters())
@@ -62,7 +83,7 @@ def test_quantization_aware_training_merges_onto_the_grid(grid_base, tmp_path):
     for modules in linear_layers(merged).values():
         for name, module in modules:
             weight, before = module.weight, base_params[name + ".weight"]
-            assert torch.equal(fake_quant(weight, q8_scales(before)), weight), name  # on the base's grid
+            assert torch.equal(fake_quant(weight, block_scales(before, kind), kind), weight), name  # the base's grid
             assert bool((weight[before == 0] == 0).all()), name  # every zero of the base kept
             moved += int(not torch.equal(weight, before))
     assert moved  # the adapter changed the weights
@@ -92,3 +113,25 @@ def test_the_gguf_export_gives_the_fake_quant_models_tokens(grid_base, tmp_path)
     engine = LlamaCppEngine(str(model_dir / "model.gguf"), stops, tokenizer.eos_token_id, n_ctx=2048, n_threads=1)
     got = engine.decode(engine.encode_prefixes(prefixes), text_index, every, 6)
     assert [g.token_ids for g in got] == [g.token_ids for g in expected]
+
+
+def test_the_llama_cpp_backend_runs_a_quantization_aware_pipeline_exactly(grid_base, tmp_path):
+    """The trained pipeline itself, its model switched to llama.cpp: the
+    shim's export writes the grid as it is, so the spans are torch's."""
+    pytest.importorskip("llama_cpp")
+    import spacy
+
+    train_and_merge(grid_base, tmp_path)
+    texts = [text for text, _ in MEMORIZED]
+    on_torch = spacy.load(tmp_path / "trained")
+    on_llama = spacy.load(tmp_path / "trained", config={
+        "components": {"padellm_ner": {"model": {"@architectures": "spacy_padellm.LlamaCpp.v1", "export": "f32"}}}})
+    spans = lambda nlp: [[(s.start_char, s.end_char, s.label_) for s in doc.spans["padellm"]] for doc in nlp.pipe(texts)]  # noqa: E731
+    want = spans(on_torch)
+    assert any(want) and spans(on_llama) == want
+    shim = on_llama.get_pipe("padellm_ner").shim
+    from gguf import GGUFReader, GGMLQuantizationType
+
+    kind = json.loads((grid_base / "quantization.json").read_text())["grid"]
+    types = {t.name: t.tensor_type for t in GGUFReader(str(shim.gguf_path)).tensors}
+    assert types["blk.0.attn_q.weight"] == GGMLQuantizationType[kind.upper()]  # on the grid, not f32

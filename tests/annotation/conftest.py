@@ -1,0 +1,67 @@
+"""Pipelines and corpora for the `annotate` tests: the memorizing tiny
+model saved to disk (its entities are known), and the same pipeline with a
+component from a `--code` file that slows every doc down (so a run can be
+interrupted half way) and raises on a doc that contains BOOM."""
+import json
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from tests.conftest import MEMORIZED
+
+CODE = '''
+import os, time
+from spacy.language import Language
+
+@Language.component("annotate_test_slow")
+def slow(doc):
+    if "BOOM" in doc.text:
+        raise ValueError("this doc says BOOM")
+    time.sleep(float(os.environ.get("ANNOTATE_TEST_DELAY", "0")))
+    return doc
+'''
+
+
+def write_corpus(path: Path, n: int, bad_lines: bool = False) -> List[str]:
+    """`n` JSONL records cycling through the memorized texts; returns ids."""
+    ids = []
+    with path.open("w", encoding="utf8") as f:
+        for i in range(n):
+            text = MEMORIZED[i % len(MEMORIZED)][0]
+            ids.append(f"doc-{i}")
+            f.write(json.dumps({"id": ids[-1], "text": text, "source": f"s{i % 2}"}) + "\n")
+            if bad_lines and i == 2:
+                f.write("{not json\n")
+    return ids
+
+
+def read_jsonl(paths) -> List[dict]:
+    return [json.loads(line) for path in paths for line in Path(path).read_text(encoding="utf8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(memorized_nlp, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("annotate-pipeline") / "pipeline"
+    memorized_nlp.to_disk(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def code_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("annotate-code") / "slow.py"
+    path.write_text(CODE, encoding="utf8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def slow_pipeline(saved_pipeline, code_file, tmp_path_factory) -> Path:
+    import spacy
+    from spacy import util
+
+    util.import_file("annotate_test_code", str(code_file))
+    nlp = spacy.load(saved_pipeline)
+    nlp.add_pipe("annotate_test_slow")
+    path = tmp_path_factory.mktemp("annotate-slow") / "pipeline"
+    nlp.to_disk(path)
+    return path
