@@ -68,7 +68,7 @@ def sparsify_command(args: argparse.Namespace) -> None:
     _say(f"Loading {source.describe()}")
     model, tokenizer = load_model(source, "float32", "cpu")
     batches: List[Any] = []
-    if args.method == "wanda":
+    if args.method == "wanda" and (sparsity > 0 or pattern):
         prompts = PromptTokenizer(tokenizer, PromptTemplate())
         for text in calibration_texts(args.calibration, args.samples):
             ids = prompts.prefix(text)[:CALIBRATION_TOKENS]
@@ -96,7 +96,7 @@ def sparsify_command(args: argparse.Namespace) -> None:
     summary = {
         "base": source.to_dict(), "method": args.method, "sparsity": sparsity, "pattern": args.pattern,
         "quantize": args.quantize,
-        "calibration": str(args.calibration) if args.method == "wanda" else None,
+        "calibration": str(args.calibration) if batches else None,
         "calibration_texts": len(batches), "seconds": round(time.perf_counter() - started, 1),
         "zero_fraction_of_pruned_weights": round(sum(report.values()) / len(report), 4), "modules": report,
     }
@@ -170,8 +170,24 @@ def _examples(nlp: Any, path: Path, skip: int, limit: int) -> List[Any]:
     return list(reader(nlp))
 
 
+def write_sub_adapter(nlp: Any, name: str, shim: Any, ranks: Dict[str, int], out: Path) -> Path:
+    """Save `nlp` with its elastic super-adapter cut to `ranks` (a plain
+    peft LoRA with per-module ranks); changes the component's config."""
+    shim.unmerge()
+    shim.prediction_ranks = ranks
+    config = nlp.get_pipe_config(name)["model"]
+    config["fine_tuning"] = "lora"  # the sub-adapter is a plain LoRA with per-module ranks
+    out.mkdir(parents=True, exist_ok=True)
+    nlp.to_disk(out)
+    from .models.adapter_search import slice_adapter
+
+    adapter = out / name / "model" / "adapter"
+    slice_adapter(adapter, shim.elastic.ranks_by_module(ranks), adapter)
+    return out
+
+
 def search_command(args: argparse.Namespace) -> None:
-    from .models.adapter_search import hill_climb, slice_adapter
+    from .models.adapter_search import hill_climb
 
     nlp, name, shim = _load_component(args.pipeline)
     elastic = shim.elastic
@@ -192,14 +208,7 @@ def search_command(args: argparse.Namespace) -> None:
 
     result = hill_climb(evaluate, elastic.median(), elastic.choices, args.budget, elastic.parameters, progress=progress)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    shim.unmerge()
-    shim.prediction_ranks = result.best.ranks
-    config = nlp.get_pipe_config(name)["model"]
-    config["fine_tuning"] = "lora"  # the sub-adapter is a plain LoRA with per-module ranks
-    nlp.to_disk(out / "pipeline")
-    adapter = out / "pipeline" / name / "model" / "adapter"
-    slice_adapter(adapter, elastic.ranks_by_module(result.best.ranks), adapter)
+    write_sub_adapter(nlp, name, shim, result.best.ranks, out / "pipeline")
     report = {
         "pipeline": str(args.pipeline), "dev": str(args.dev), "texts": len(examples), "budget": args.budget,
         "choices": elastic.choices, "best": vars(result.best),
@@ -218,7 +227,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sp = commands.add_parser("sparsify", help="prune a base model (Wanda or magnitude) and write it once")
     sp.add_argument("base", nargs="?", default=None, help="Hugging Face name or directory (default: the shipped SmolLM2-135M)")
     sp.add_argument("--gguf-file", default=None, help="a GGUF file inside BASE")
-    sp.add_argument("--sparsity", type=float, default=0.5, help="share of each row's weights removed (unstructured)")
+    sp.add_argument("--sparsity", type=float, default=0.5,
+                    help="share of each row's weights removed (unstructured); 0 prunes nothing (with --quantize: a dense base on a grid)")
     sp.add_argument("--pattern", default=None, help="N:M semi-structured instead, e.g. 2:4")
     sp.add_argument("--method", default="wanda", choices=["wanda", "magnitude"])
     sp.add_argument("--calibration", type=Path, default=None, help="training texts for Wanda (JSONL, .spacy or text)")
@@ -249,6 +259,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "sparsify" and args.method == "wanda" and args.calibration is None:
+    if args.command == "sparsify" and args.method == "wanda" and args.calibration is None and (args.sparsity or args.pattern):
         parser.error("sparsify --method wanda needs --calibration TRAIN (or use --method magnitude)")
     args.run(args)

@@ -8,6 +8,8 @@ loses nothing that a worker finished.
 """
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 import shutil
 import threading
 import time
@@ -122,9 +124,14 @@ def _run_processes(job: Job, todo: List[Shard], n_process: int, progress: Progre
     queue = context.Queue()
     reader = threading.Thread(target=_drain, args=(queue, progress), daemon=True)
     reader.start()
+    results = []
     try:
-        with context.Pool(n_process, initializer=_init_process, initargs=(job, queue)) as pool:
-            results = list(pool.imap_unordered(_process_shard, todo))
+        with ProcessPoolExecutor(n_process, mp_context=context, initializer=_init_process, initargs=(job, queue)) as pool:
+            for future in as_completed([pool.submit(_process_shard, shard) for shard in todo]):
+                results.append(future.result())
+    except BrokenProcessPool as err:
+        raise SystemExit(f"A worker process died ({err}). The shards finished so far ({len(results)} in this run) "
+                         "are kept: run the same command again to resume.") from None
     finally:
         queue.put(None)
         reader.join(timeout=5)

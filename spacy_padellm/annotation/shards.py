@@ -86,8 +86,12 @@ def read_shard(path: Path, fmt: str, shard: Shard, text_field: str, id_field: st
     if f"{zlib.crc32(data):08x}" != shard.checksum:
         raise InputChanged(f"{path} changed while it was being annotated (lines {shard.first}-"
                            f"{shard.first + shard.count - 1} differ from when the run started)")
-    for k, raw in enumerate(data.splitlines()):
+    lines = data.split(b"\n")  # as lay_out counted them: "\n" ends a line, a lone "\r" does not
+    if lines and not lines[-1]:
+        lines.pop()
+    for k, raw in enumerate(lines):
         position = shard.first + k
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
         try:
             line = raw.decode("utf8")
         except UnicodeDecodeError as err:

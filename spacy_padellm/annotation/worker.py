@@ -77,7 +77,7 @@ def load_pipeline(pipeline: Optional[str], overrides: Dict[str, Any], code: Opti
     `overrides` are spaCy's dotted config overrides."""
     import spacy
     from spacy import util
-    from thinc.api import Config
+    from thinc.api import Config, ConfigValidationError
 
     if code:
         util.import_file("annotate_code", code)
@@ -89,10 +89,8 @@ def load_pipeline(pipeline: Optional[str], overrides: Dict[str, Any], code: Opti
             nlp = spacy.load(pipeline, config=overrides)
     except OSError as err:
         raise SystemExit(f"--pipeline {pipeline}: {err}") from None
-    except Exception as err:  # thinc's ConfigValidationError and spaCy's config errors
-        if type(err).__name__ in ("ConfigValidationError",):
-            raise SystemExit(f"The config overrides do not fit the pipeline: {err}") from None
-        raise
+    except ConfigValidationError as err:
+        raise SystemExit(f"The config overrides do not fit the pipeline: {err}") from None
     for _, component in nlp.pipeline:
         ensure = getattr(component, "_ensure_loaded", None)
         if ensure is not None:
@@ -109,6 +107,9 @@ def spans_key_of(nlp: Any) -> Optional[str]:
 
 
 class ShardAnnotator:
+    """A worker's loaded pipeline; called with a shard, it annotates and
+    writes it, and reports docs and words done per batch to `progress`."""
+
     def __init__(self, job: Job) -> None:
         if job.threads:
             import torch

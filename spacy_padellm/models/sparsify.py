@@ -118,13 +118,16 @@ def sparsify(
     """Prune `model` (a Hugging Face causal LM) in place.
 
     batches: calibration token ids ([1, length] tensors), for Wanda.
+    sparsity: 0 prunes nothing (a dense base, e.g. to be put on a grid by
+        `sparsify --quantize`).
     RETURNS: the share of zeros of each pruned weight, by module name.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if not 0.0 < sparsity < 1.0:
-        raise ValueError(f"sparsity must be between 0 and 1, got {sparsity!r}")
-    if method == "wanda" and not batches:
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be at least 0 and below 1, got {sparsity!r}")
+    prune = sparsity > 0 or pattern is not None
+    if prune and method == "wanda" and not batches:
         raise ValueError("Wanda needs calibration texts (--calibration).")
     layers = linear_layers(model)
     if not layers:
@@ -132,14 +135,16 @@ def sparsify(
     model.eval()
     report = {}
     for done, (index, modules) in enumerate(layers.items(), 1):
-        norms = _input_norms(model, modules, batches, _decoder_layer(model, index)) if method == "wanda" else {}
+        wanda = prune and method == "wanda"
+        norms = _input_norms(model, modules, batches, _decoder_layer(model, index)) if wanda else {}
         with torch.no_grad():
             for name, module in modules:
                 weight = module.weight
-                scores = weight.detach().abs().float()
-                if method == "wanda":
-                    scores = scores * norms[name].to(scores.device)[None, :]
-                weight.masked_fill_(~keep_mask(scores, sparsity, pattern), 0.0)
+                if prune:
+                    scores = weight.detach().abs().float()
+                    if wanda:
+                        scores = scores * norms[name].to(scores.device)[None, :]
+                    weight.masked_fill_(~keep_mask(scores, sparsity, pattern), 0.0)
                 report[name] = float((weight == 0).float().mean())
         progress(done, len(layers))
     return report

@@ -144,6 +144,9 @@ def test_cli_passes_config_overrides_and_refuses_bad_ones(tmp_path, saved_pipeli
     settings = json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]
     assert settings["overrides"] == {"components.padellm_ner.annotate_ents": "False"}
     assert "docs/s" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="overrides do not fit"):
+        main(["annotate", str(tmp_path / "in.jsonl"), str(tmp_path / "y"), "--pipeline", str(saved_pipeline),
+              "--components.padellm_ner.no_such_setting", "3"])
     with pytest.raises(SystemExit, match="no such directory or installed package"):
         main(["annotate", str(tmp_path / "in.jsonl"), str(tmp_path / "x"), "--pipeline", str(tmp_path / "nope")])
 
@@ -153,3 +156,16 @@ def test_ray_missing_names_the_install_command(tmp_path, saved_pipeline, monkeyp
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(SystemExit, match=r"pip install 'spacy-padellm\[ray\]'"):
         run(tmp_path, saved_pipeline, tmp_path / "out", ray="local[1]")
+
+
+def test_the_console_script_runs_the_same_commands(tmp_path, saved_pipeline):
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "spacy-padellm"]
+    assert script.load() is main
+    write_corpus(tmp_path / "in.jsonl", 1)
+    done = subprocess.run([str(Path(sys.executable).parent / "spacy-padellm"), "annotate", str(tmp_path / "in.jsonl"),
+                           str(tmp_path / "out.jsonl"), "--pipeline", str(saved_pipeline), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [r["id"] for r in read_jsonl([tmp_path / "out.jsonl"])] == ["doc-0"]

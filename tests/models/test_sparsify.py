@@ -107,3 +107,22 @@ def test_sparse_peft_training_and_merge_keep_every_zero(sparse_base, tmp_path):
     again = spacy.load(tmp_path / "merged" / "pipeline")
     assert not again.get_pipe("padellm_ner").shim.has_adapter
     assert [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in again.pipe(texts)] == before
+
+
+def test_sparsity_zero_prunes_nothing_and_only_puts_the_base_on_a_grid(tiny_model_dir, tmp_path):
+    """`--sparsity 0 --quantize q4_0` is the dense 4-bit base: no weight is
+    pruned (no calibration needed), every projection is on the Q4_0 grid."""
+    from spacy_padellm.models.qa_sparse_peft import snap
+
+    main(["sparsify", str(tiny_model_dir), "--sparsity", "0", "--quantize", "q4_0", "--output", str(tmp_path / "q4")])
+    dense = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    on_grid = AutoModelForCausalLM.from_pretrained(tmp_path / "q4")
+    before = dict(dense.named_parameters())
+    for modules in linear_layers(on_grid).values():
+        for name, module in modules:
+            weight = module.weight
+            assert torch.equal(weight, snap(before[name + ".weight"], "q4_0")), name
+            assert torch.equal(snap(weight, "q4_0"), weight), name
+    report = json.loads((tmp_path / "q4" / "sparsity.json").read_text())
+    assert report["quantize"] == "q4_0" and report["calibration"] is None
+    assert json.loads((tmp_path / "q4" / "quantization.json").read_text())["grid"] == "q4_0"
