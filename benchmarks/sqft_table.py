@@ -5,16 +5,18 @@ QA-SparsePEFT, 50% Wanda + Q4_0 + QA-SparsePEFT, and dense Q4_0 + QA.
 
 Every stage writes into WORK and is skipped when its output is there, so
 an interrupted run continues (`--steps`, the budget, must stay the same).
-Stages: the bases (`sparsify`), training (`spacy train`, new adapters,
-`--steps` optimizer steps of 8 sentences each, the last checkpoint used),
+Stages: the bases (`sparsify`), training (`spacy train`, new adapters or
+`--adapter` continued in every row, `--steps` optimizer steps of 8
+sentences each, the last checkpoint used),
 the sub-adapter search on dev lines `--select` (never reported on), then
 each row on the llama.cpp backend (the adapter merged, projections on the
 base's grid for the QA rows, Q8_0 otherwise) on dev lines `--report`:
 span F1, GGUF size on disk, zero share of the projections as llama.cpp
 reads them, and latency per sentence at batch size 1.
 
-    python benchmarks/sqft_table.py --work /tmp/sqft --steps 50 --report 500:1000 \
-        --out benchmarks/results/sqft_cpu
+    python benchmarks/sqft_table.py --work /tmp/sqft --steps 40 \
+        --adapter spacy_padellm/default_model/adapter --rank-choices 16,12,8 \
+        --select 0:100 --report 500:900 --budget 6 --out benchmarks/results/sqft_cpu
 """
 import argparse
 import json
@@ -26,7 +28,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 
@@ -94,7 +96,8 @@ TRAININGS = {  # name: (config, base)
 }
 
 
-def train(work: Path, base_dirs: Dict[str, Path], steps: int, names: List[str]) -> Dict[str, Dict[str, Any]]:
+def train(work: Path, base_dirs: Dict[str, Path], steps: int, names: List[str], adapter: Optional[str],
+          choices: List[int]) -> Dict[str, Dict[str, Any]]:
     costs_path = work / "training_costs.json"
     costs = json.loads(costs_path.read_text()) if costs_path.exists() else {}
     for name in names:
@@ -103,8 +106,11 @@ def train(work: Path, base_dirs: Dict[str, Path], steps: int, names: List[str]) 
         if (out / "model-last").exists() and name in costs:
             continue
         model = [f"--components.padellm_ner.model.name={base_dirs[base]}", "--components.padellm_ner.model.package=null",
-                 "--components.padellm_ner.model.gguf_file=null"]
+                 "--components.padellm_ner.model.gguf_file=null", f"--components.padellm_ner.model.lora_r={max(choices)}",
+                 f"--components.padellm_ner.model.rank_choices={json.dumps(sorted(choices, reverse=True))}"]
         extra = model if "elastic" in config else [f"--paths.base={base_dirs[base]}"]
+        if adapter:
+            extra.append(f"--paths.adapter={adapter}")
         cost = run(PY + ["-m", "spacy", "train", config, "--output", str(out), f"--paths.train={TRAIN}",
                          f"--paths.dev={DEV}", f"--training.max_steps={steps}", f"--training.eval_frequency={steps}",
                          "--corpora.dev.limit=20", *extra], work / f"train_{name}.log")
@@ -114,7 +120,7 @@ def train(work: Path, base_dirs: Dict[str, Path], steps: int, names: List[str]) 
     return costs
 
 
-def sub_adapters(work: Path, select: Tuple[int, int], budget: int) -> Dict[str, Path]:
+def sub_adapters(work: Path, select: Tuple[int, int], budget: int, choices: List[int]) -> Dict[str, Path]:
     """Pipelines of the elastic super-adapter at each uniform rank, and the
     searched one (search-adapter on the selection lines)."""
     from spacy_padellm.cli import _load_component, write_sub_adapter
@@ -122,9 +128,9 @@ def sub_adapters(work: Path, select: Tuple[int, int], budget: int) -> Dict[str, 
     elastic_pipeline = work / "train_elastic" / "model-last"
     out = {}
     nlp = name = shim = None
-    for rank in (32, 24, 16):
+    for k, rank in enumerate(sorted(choices, reverse=True)):
         path = work / f"elastic_r{rank}"
-        out[f"elastic_r{rank}"] = path
+        out[f"elastic_{k}"] = path
         if not (path / "meta.json").exists():
             if nlp is None:
                 nlp, name, shim = _load_component(str(elastic_pipeline))
@@ -187,11 +193,11 @@ def evaluate(pipeline: Path, report: Tuple[int, int], latency_docs: int) -> Dict
             "tensor_types": types}
 
 
-ROWS = [  # (row, pipeline key, training whose budget it used)
+ROWS = [  # (row, pipeline key, training whose budget it used); elastic_K: the K-th largest rank
     ("dense LoRA r=16", "lora16", "lora16"),
-    ("elastic super-adapter, uniform r=32", "elastic_r32", "elastic"),
-    ("elastic, uniform r=24 (the median)", "elastic_r24", "elastic"),
-    ("elastic, uniform r=16", "elastic_r16", "elastic"),
+    ("elastic super-adapter, uniform r={0}", "elastic_0", "elastic"),
+    ("elastic, uniform r={1} (the median)", "elastic_1", "elastic"),
+    ("elastic, uniform r={2}", "elastic_2", "elastic"),
     ("elastic, searched sub-adapter", "searched", "elastic"),
     ("50% Wanda + SparsePEFT", "sparse", "sparse"),
     ("50% Wanda + Q8_0 + QA-SparsePEFT", "sparse_q8", "sparse_q8"),
@@ -209,34 +215,41 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=8, help="search evaluations")
     parser.add_argument("--latency-docs", type=int, default=50)
     parser.add_argument("--rows", default="", help="comma-separated pipeline keys (default: all)")
+    parser.add_argument("--adapter", default=None,
+                        help="continue this rank-16 adapter in every row (default: new adapters)")
+    parser.add_argument("--rank-choices", default="32,24,16", help="the elastic rows' ranks, largest first")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    choices = sorted((int(c) for c in args.rank_choices.split(",")), reverse=True)
+    if len(choices) != 3:
+        parser.error("--rank-choices: three ranks (the rows are the largest, the median and the smallest)")
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     wanted = [r for r in ROWS if not args.rows or r[1] in args.rows.split(",")]
     trainings = [t for t in TRAININGS if any(r[2] == t for r in wanted)]
     base_dirs = bases(work, [TRAININGS[t][1] for t in trainings])
-    costs = train(work, base_dirs, args.steps, trainings)
+    costs = train(work, base_dirs, args.steps, trainings, args.adapter, choices)
     pipelines = {name: work / f"train_{name}" / "model-last" for name in trainings}
     if "elastic" in trainings:
-        pipelines.update(sub_adapters(work, args.select, args.budget))
+        pipelines.update(sub_adapters(work, args.select, args.budget, choices))
     results_path = work / f"rows_{args.report[0]}_{args.report[1]}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for row, key, _ in wanted:
         if key not in results:
-            say(f"evaluating {row} on dev lines {args.report[0]}-{args.report[1] - 1}")
+            say(f"evaluating {row.format(*choices)} on dev lines {args.report[0]}-{args.report[1] - 1}")
             results[key] = evaluate(pipelines[key], args.report, args.latency_docs)
             results_path.write_text(json.dumps(results, indent=1))
     dense_f = results.get("lora16", {}).get("F")
     meta = {"machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs", "date": str(date.today()),
-            "steps": args.steps, "batch": 8, "select": args.select, "report": args.report, "budget": args.budget,
+            "steps": args.steps, "batch": 8, "adapter": args.adapter, "rank_choices": choices, "select": args.select, "report": args.report, "budget": args.budget,
             "command": "python " + " ".join(sys.argv)}
     search_path = work / "search" / "search.json"
     search = json.loads(search_path.read_text()) if search_path.exists() else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(
         {"meta": meta, "rows": results, "training": costs, "search": search}, indent=1) + "\n")
-    lines = [f"# SQFT rows on CoNLL-03: one training budget ({args.steps} steps of 8 train sentences, new adapters)", "",
+    start = f"continuing {args.adapter}" if args.adapter else "new adapters"
+    lines = [f"# SQFT rows on CoNLL-03: one training budget ({args.steps} steps of 8 train sentences, {start})", "",
              f"{meta['machine']}; {meta['date']}. Sub-adapter search on dev lines {args.select[0]}-{args.select[1] - 1} "
              f"({args.budget} evaluations); every figure below on dev lines {args.report[0]}-{args.report[1] - 1}, "
              "on the llama.cpp backend (the adapter merged; QA rows on their base's grid, others Q8_0). "
@@ -246,6 +259,7 @@ def main() -> None:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row, key, _ in wanted:
         r = results[key]
+        row = row.format(*choices)
         delta = f"{r['F'] - dense_f:+.2f}" if dense_f is not None else "–"
         lines.append(f"| {row} | {r['F']:.2f} | {delta} | {r['P']:.2f} | {r['R']:.2f} | {r['gguf_mb']:.0f} | "
                      f"{100 * r['zero_share']:.1f}% | {r['median_ms_bs1']:.0f} | {r['sentences_per_s_bs8']:.2f} |")

@@ -76,7 +76,7 @@ def sparsify_command(args: argparse.Namespace) -> None:
         _say(f"Calibrating on {len(batches)} texts of {args.calibration}")
     started = time.perf_counter()
     report = sparsify(model, batches, sparsity, pattern, args.method,
-                      progress=lambda done, total: _say(f"  pruned layer {done}/{total}"))
+                      progress=lambda done, total: _say(f"  layer {done}/{total}"))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if args.quantize:
@@ -85,8 +85,9 @@ def sparsify_command(args: argparse.Namespace) -> None:
 
         with torch.no_grad():
             for modules in linear_layers(model).values():
-                for _, module in modules:
+                for name, module in modules:
                     module.weight.copy_(snap(module.weight, args.quantize))
+                    report[name] = float((module.weight == 0).float().mean())  # small weights may round to 0
         (out / GRID_FILE).write_text(json.dumps({"grid": args.quantize, "block": 32}) + "\n", encoding="utf8")
     from .models.hf_calls import hf_call
 
@@ -101,8 +102,10 @@ def sparsify_command(args: argparse.Namespace) -> None:
         "zero_fraction_of_pruned_weights": round(sum(report.values()) / len(report), 4), "modules": report,
     }
     (out / "sparsity.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf8")
-    _say(f"Wrote the sparse base to {out} ({summary['zero_fraction_of_pruned_weights']:.1%} of the pruned "
-         f"projections' weights are zero). Use it with [components.padellm_ner.model] name = \"{out}\".")
+    what = "sparse base" if sparsity or pattern else "base (not pruned)"
+    _say(f"Wrote the {what} to {out} ({summary['zero_fraction_of_pruned_weights']:.1%} of the decoder "
+         f"projections' weights are zero{', on the ' + args.quantize.upper() + ' grid' if args.quantize else ''}). "
+         f"Use it with [components.padellm_ner.model] name = \"{out}\".")
 
 
 GGUF_TYPES = {"Q8_0": "q8_0", "F16": "f16", "F32": "f32"}

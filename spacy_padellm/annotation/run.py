@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .progress import Progress, summary, totals
-from .shards import OutputDir, Shard, ShardResult, errors_file, lay_out, merge_into_file
+from .shards import MANIFEST, OutputDir, Shard, ShardResult, errors_file, lay_out, merge_into_file
 from .worker import Job, ShardAnnotator, check_pipeline, pipeline_name
 
 DEFAULT_SHARD_SIZE = 1000
@@ -53,11 +53,13 @@ def annotate(job: Job, *, shard_size: int = DEFAULT_SHARD_SIZE, n_process: int =
     job.pipeline = pipeline_name(job.pipeline)  # workers may run elsewhere (another cwd)
     work_root, fmt, target = output_target(Path(job.output), job.output_format or None)
     if overwrite:
-        for path in (work_root, target):
-            if path is not None and path.is_dir():
-                shutil.rmtree(path)
-            elif path is not None and path.exists():
-                path.unlink()
+        if work_root.is_dir():
+            if any(work_root.iterdir()) and not (work_root / MANIFEST).exists():
+                raise SystemExit(f"--overwrite: {work_root} is not the output of an annotate run (no {MANIFEST}); "
+                                 "not deleting it. Choose another OUTPUT.")
+            shutil.rmtree(work_root)
+        if target is not None and target.is_file():
+            target.unlink()
     if target is not None and target.exists() and not work_root.exists():
         raise SystemExit(f"{target} exists (a finished run?). Pass --overwrite to annotate again, or another OUTPUT.")
     job.output, job.output_format = str(work_root), fmt

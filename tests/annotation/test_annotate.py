@@ -102,6 +102,9 @@ def test_resume_refuses_other_settings_and_a_changed_input(tmp_path, saved_pipel
     (tmp_path / "other" / "mine.txt").write_text("keep me")
     with pytest.raises(SystemExit, match="not the output of an annotate run"):
         run(tmp_path, saved_pipeline, tmp_path / "other")
+    with pytest.raises(SystemExit, match="not deleting it"):
+        run(tmp_path, saved_pipeline, tmp_path / "other", overwrite=True)
+    assert (tmp_path / "other" / "mine.txt").read_text() == "keep me"
 
 
 def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path, slow_pipeline, code_file):

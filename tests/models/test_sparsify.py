@@ -125,4 +125,7 @@ def test_sparsity_zero_prunes_nothing_and_only_puts_the_base_on_a_grid(tiny_mode
             assert torch.equal(snap(weight, "q4_0"), weight), name
     report = json.loads((tmp_path / "q4" / "sparsity.json").read_text())
     assert report["quantize"] == "q4_0" and report["calibration"] is None
+    for modules in linear_layers(on_grid).values():  # the zeros written, rounding to the grid included
+        for name, module in modules:
+            assert report["modules"][name] == pytest.approx(float((module.weight == 0).float().mean()))
     assert json.loads((tmp_path / "q4" / "quantization.json").read_text())["grid"] == "q4_0"
