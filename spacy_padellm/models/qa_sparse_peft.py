@@ -11,7 +11,7 @@ one float16 scale d per block and weights d·q for integer q:
 Both hold an exact zero (q = 0), so a pruned weight stays pruned. GGUF
 Q4_1, the shipped file's format, stores weights as d·q + m with an offset m
 per block: zero is on its grid only by accident, so the sparse 4-bit path
-uses Q4_0, which llama.cpp runs as fast as Q4_1.
+uses Q4_0, llama.cpp's own symmetric 4-bit type.
 
 A base on a grid (`sparsify --quantize q8_0|q4_0`) keeps its scales in its
 weights: the weight of largest magnitude of a block is 127·|d| (Q8_0) or
