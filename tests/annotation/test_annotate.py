@@ -172,3 +172,16 @@ def test_the_console_script_runs_the_same_commands(tmp_path, saved_pipeline):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert [r["id"] for r in read_jsonl([tmp_path / "out.jsonl"])] == ["doc-0"]
+
+
+def test_parquet_shards_hold_the_same_records(tmp_path, saved_pipeline):
+    parquet = pytest.importorskip("pyarrow.parquet")
+    write_corpus(tmp_path / "in.jsonl", 5)
+    run(tmp_path, saved_pipeline, tmp_path / "jsonl", shard_size=2)
+    run(tmp_path, saved_pipeline, tmp_path / "parquet", shard_size=2, output_format="parquet")
+    parts = sorted((tmp_path / "parquet").glob("part-*.parquet"))
+    assert len(parts) == 3
+    rows = [row for part in parts for row in parquet.read_table(part).to_pylist()]
+    assert rows == read_jsonl(sorted((tmp_path / "jsonl").glob("part-*.jsonl")))
+    with pytest.raises(SystemExit, match="Parquet output goes into a directory"):
+        run(tmp_path, saved_pipeline, tmp_path / "one.parquet")
