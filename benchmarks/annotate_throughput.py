@@ -26,6 +26,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from spacy_padellm.annotation.ray_runner import actor_pids
+
 VARIANTS = {
     "single process": [],
     "n-process 2": ["--n-process", "2"],
@@ -47,19 +49,6 @@ def write_input(source: Path, limit: int, path: Path) -> int:
             out.write(json.dumps({"id": f"train-{n}", "text": row[0]}) + "\n")
             n += 1
     return n
-
-
-def actor_pids() -> List[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().decode("utf8", "replace")
-            except OSError:
-                continue
-            if cmdline.startswith("ray::") and "ShardActor" in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 def killer(out: Path, events: Dict[str, float], started: float) -> None:

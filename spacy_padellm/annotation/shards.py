@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import zlib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
@@ -29,6 +30,7 @@ MANIFEST = "manifest.json"
 STATE = ".state"
 ERRORS = "errors.jsonl"
 OUTPUT_FORMATS = ("jsonl", "parquet", "spacy")
+FILE_FORMATS = ("jsonl", "spacy")  # those that join into one file
 MANIFEST_VERSION = 1
 
 
@@ -117,12 +119,15 @@ class ShardResult:
     fallbacks: Dict[str, int] = field(default_factory=dict)
 
 
-def _replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+@contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for the block to write, renamed onto
+    `path` when the block ends: readers see the old file or the whole new
+    one. A block that raises leaves its temporary file (`*.tmp-PID`) for
+    `OutputDir.remove_stale`."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    yield tmp
+    os.replace(tmp, path)
 
 
 class OutputDir:
@@ -153,34 +158,34 @@ class OutputDir:
         same settings and input; return the shards already done."""
         manifest = self.root / MANIFEST
         if manifest.exists():
-            old = json.loads(manifest.read_text(encoding="utf8"))
-            differ = [key for key in sorted(set(settings) | set(old.get("settings", {})))
-                      if old.get("settings", {}).get(key) != settings.get(key)]
+            old = json.loads(manifest.read_text(encoding="utf8")).get("settings", {})
+            differ = [key for key in sorted(set(settings) | set(old)) if old.get(key) != settings.get(key)]
             if differ:
-                details = "; ".join(f"{k}: {old.get('settings', {}).get(k)!r} before, {settings.get(k)!r} now" for k in differ)
+                details = "; ".join(f"{k}: {old.get(k)!r} before, {settings.get(k)!r} now" for k in differ)
                 raise SystemExit(f"{self.root} holds a run with other settings ({details}). Pass the same "
                                  "options to resume it, another OUTPUT, or --overwrite to start again.")
         elif self.root.exists() and any(self.root.iterdir()):
             raise SystemExit(f"{self.root} exists and is not the output of an annotate run (no {MANIFEST}). "
                              "Choose another OUTPUT, or --overwrite to replace it.")
         self.state.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob("*.tmp-*"):
-            stale.unlink()
-        for stale in self.state.glob("*.tmp-*"):
-            stale.unlink()
+        self.remove_stale()
         done: Dict[int, ShardResult] = {}
         by_index = {shard.index: shard for shard in shards}
         for marker in sorted(self.state.glob("part-*.json")):
             result = ShardResult(**json.loads(marker.read_text(encoding="utf8")))
             shard = by_index.get(result.index)
-            if shard is None or shard.checksum != result.checksum or not self.part(shard).exists():
-                if shard is None or shard.checksum != result.checksum:
-                    raise SystemExit(f"The input changed since {self.root} was written: docs of shard "
-                                     f"{result.index} differ. Annotate it into another OUTPUT, or --overwrite.")
-                continue
-            done[result.index] = result
+            if shard is None or shard.checksum != result.checksum:
+                raise SystemExit(f"The input changed since {self.root} was written: docs of shard "
+                                 f"{result.index} differ. Annotate it into another OUTPUT, or --overwrite.")
+            if self.part(shard).exists():  # else the shard is done again
+                done[result.index] = result
         self.write_manifest(settings, shards, complete=False)
         return done
+
+    def remove_stale(self) -> None:
+        """Temporary files of workers that died while writing."""
+        for stale in list(self.root.glob("*.tmp-*")) + list(self.state.glob("*.tmp-*")):
+            stale.unlink()
 
     def write_manifest(self, settings: Dict[str, Any], shards: List[Shard], complete: bool,
                        totals: Optional[Dict[str, Any]] = None) -> None:
@@ -189,82 +194,67 @@ class OutputDir:
                            for s in shards]}
         if totals is not None:
             body["totals"] = totals
-        path = self.root / MANIFEST
-        tmp = _tmp(path)
-        tmp.write_text(json.dumps(body, indent=1), encoding="utf8")
-        _replace(tmp, path)
+        with written_whole(self.root / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(body, indent=1), encoding="utf8")
 
     def finish(self, shards: List[Shard]) -> int:
         """Gather the shards' errors into errors.jsonl; return their number.
         Temporary files of killed workers go."""
-        for stale in list(self.root.glob("*.tmp-*")) + list(self.state.glob("*.tmp-*")):
-            stale.unlink()
-        path = self.root / ERRORS
-        tmp = _tmp(path)
+        self.remove_stale()
         count = 0
-        with tmp.open("w", encoding="utf8") as out:
+        with written_whole(self.root / ERRORS) as tmp, tmp.open("w", encoding="utf8") as out:
             for shard in shards:
                 part = self.shard_errors(shard.index)
                 if part.exists():
                     for line in part.read_text(encoding="utf8").splitlines():
                         out.write(line + "\n")
                         count += 1
-        _replace(tmp, path)
         return count
 
     # --- a worker -----------------------------------------------------------
     def write_shard(self, shard: Shard, records: List[Any], docs: List[Any], errors: Iterable[BadRecord],
                     result: ShardResult) -> None:
         """Write a done shard: errors, then the part, then the marker."""
-        errors_path = self.shard_errors(shard.index)
-        tmp = _tmp(errors_path)
-        with tmp.open("w", encoding="utf8") as out:
+        with written_whole(self.shard_errors(shard.index)) as tmp, tmp.open("w", encoding="utf8") as out:
             for bad in errors:
                 out.write(json.dumps(bad.to_json(), ensure_ascii=False) + "\n")
-        _replace(tmp, errors_path)
-        part = self.part(shard)
-        tmp = _tmp(part)
-        if self.fmt == "jsonl":
-            with tmp.open("w", encoding="utf8") as out:
-                for record in records:
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        elif self.fmt == "parquet":
-            import pyarrow
-            import pyarrow.parquet
+        with written_whole(self.part(shard)) as tmp:
+            if self.fmt == "jsonl":
+                with tmp.open("w", encoding="utf8") as out:
+                    for record in records:
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            elif self.fmt == "parquet":
+                import pyarrow
+                import pyarrow.parquet
 
-            pyarrow.parquet.write_table(pyarrow.Table.from_pylist(records), tmp)
-        else:
-            from spacy.tokens import DocBin
+                pyarrow.parquet.write_table(pyarrow.Table.from_pylist(records), tmp)
+            else:
+                from spacy.tokens import DocBin
 
-            DocBin(docs=docs, store_user_data=True).to_disk(tmp)
-        _replace(tmp, part)
-        marker = self.marker(shard.index)
-        tmp = _tmp(marker)
-        tmp.write_text(json.dumps(asdict(result)), encoding="utf8")
-        _replace(tmp, marker)
+                DocBin(docs=docs, store_user_data=True).to_disk(tmp)
+        with written_whole(self.marker(shard.index)) as tmp:
+            tmp.write_text(json.dumps(asdict(result)), encoding="utf8")
 
 
 def merge_into_file(work: OutputDir, shards: List[Shard], target: Path) -> None:
     """Join the parts of a finished run into one file (the OUTPUT the user
     named), with the errors beside it, then remove the work directory."""
-    tmp = _tmp(target)
-    if work.fmt == "jsonl":
-        with tmp.open("wb") as out:
-            for shard in shards:
-                with work.part(shard).open("rb") as part:
-                    shutil.copyfileobj(part, out)
-    elif work.fmt == "spacy":
-        from spacy.tokens import DocBin
-
-        merged = DocBin(store_user_data=True)
-        for shard in shards:
-            merged.merge(DocBin(store_user_data=True).from_disk(work.part(shard)))
-        merged.to_disk(tmp)
-    else:
+    if work.fmt not in FILE_FORMATS:
         raise ValueError("Parquet output goes to a directory: give an OUTPUT without a suffix")
-    _replace(tmp, target)
-    errors = errors_file(target)
-    shutil.copyfile(work.root / ERRORS, errors)
+    with written_whole(target) as tmp:
+        if work.fmt == "jsonl":
+            with tmp.open("wb") as out:
+                for shard in shards:
+                    with work.part(shard).open("rb") as part:
+                        shutil.copyfileobj(part, out)
+        else:
+            from spacy.tokens import DocBin
+
+            merged = DocBin(store_user_data=True)
+            for shard in shards:
+                merged.merge(DocBin(store_user_data=True).from_disk(work.part(shard)))
+            merged.to_disk(tmp)
+    shutil.copyfile(work.root / ERRORS, errors_file(target))
     shutil.rmtree(work.root)
 
 

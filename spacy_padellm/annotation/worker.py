@@ -106,6 +106,10 @@ def spans_key_of(nlp: Any) -> Optional[str]:
     return None
 
 
+def _failed(record: Record, err: Exception) -> BadRecord:
+    return BadRecord(record.position, f"the pipeline raised {type(err).__name__}: {err}", id=record.id)
+
+
 class ShardAnnotator:
     """A worker's loaded pipeline; called with a shard, it annotates and
     writes it, and reports docs and words done per batch to `progress`."""
@@ -125,19 +129,19 @@ class ShardAnnotator:
         self.out = OutputDir(Path(job.output), job.output_format)
 
     def _annotate(self, records: List[Record]) -> Tuple[List[Tuple[Record, Any]], List[BadRecord]]:
-        texts = [record.text for record in records]
+        """A batch through `nlp.pipe`; when it raises, its docs one by one,
+        so that only the docs that raise go to the errors file."""
         try:
-            return list(zip(records, self.nlp.pipe(texts, batch_size=self.job.batch_size))), []
-        except Exception:
+            return list(zip(records, self.nlp.pipe([r.text for r in records], batch_size=self.job.batch_size))), []
+        except Exception as err:
             if len(records) == 1:
-                raise
+                return [], [_failed(records[0], err)]
         done, failed = [], []
         for record in records:
             try:
                 done.append((record, self.nlp(record.text)))
             except Exception as err:
-                failed.append(BadRecord(record.position, f"the pipeline raised {type(err).__name__}: {err}",
-                                        id=record.id))
+                failed.append(_failed(record, err))
         return done, failed
 
     def __call__(self, shard: Shard, progress: Optional[Progress] = None) -> ShardResult:
@@ -152,11 +156,7 @@ class ShardAnnotator:
             progress(len(bad), 0)
         for begin in range(0, len(good), job.batch_size):
             batch = good[begin:begin + job.batch_size]
-            try:
-                done, failed = self._annotate(batch)
-            except Exception as err:
-                done, failed = [], [BadRecord(batch[0].position, f"the pipeline raised {type(err).__name__}: {err}",
-                                              id=batch[0].id)]
+            done, failed = self._annotate(batch)
             annotated.extend(done)
             bad.extend(failed)
             batch_words = sum(len(record.text.split()) for record, _ in done)

@@ -64,10 +64,6 @@ def block_scales(weight: torch.Tensor, kind: str = "q8_0") -> torch.Tensor:
     return scales.to(torch.float16).to(torch.float32)
 
 
-def q8_scales(weight: torch.Tensor) -> torch.Tensor:
-    return block_scales(weight, "q8_0")
-
-
 def quantize(weight: torch.Tensor, scales: torch.Tensor, kind: str = "q8_0") -> torch.Tensor:
     """Integer levels q of `weight` on the grid `scales` (0 in a block whose scale is 0)."""
     low, high = LEVELS[kind]

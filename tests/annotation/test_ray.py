@@ -5,7 +5,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import List
 
 import pytest
@@ -14,21 +13,9 @@ from tests.annotation.conftest import read_jsonl, write_corpus
 from tests.annotation.test_annotate import run
 
 pytest.importorskip("ray.data")
+from spacy_padellm.annotation.ray_runner import actor_pids  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds actor processes in /proc")
-
-
-def actor_pids() -> List[int]:
-    """Processes whose title Ray set to our actor class."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().decode("utf8", "replace")
-            except OSError:
-                continue
-            if cmdline.startswith("ray::") and "ShardActor" in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 def test_killed_actor_loses_and_duplicates_nothing(tmp_path, slow_pipeline, code_file, monkeypatch):
