@@ -8,6 +8,10 @@ prefill and speculative counts, used for training too) and llama.cpp
 `Generation`s; what a prefix or branch handle holds is the engine's business
 (a key/value cache of torch tensors, or llama.cpp sequence ids).
 
+Long-document memory is a capability of an engine, not a fork of it: an
+engine that has it offers `memory(settings)` (`MemoryBackend`); the torch
+engine does (`memory/engine.py`), llama.cpp does not.
+
 Branches can be kept alive (`keep=True`) and forked: PaDeLLM's mention
 branches continue their label's count branch (`label <num> 2\n<mention 1>`)
 instead of evaluating the label and the count again behind the prefix.
@@ -128,3 +132,19 @@ class Backend(Protocol):
 
     def release_branches(self, branches: Sequence[Any]) -> None:
         """Kept branches no longer needed (None entries are skipped)."""
+
+
+@runtime_checkable
+class MemoryBackend(Protocol):
+    """An engine with a long-document memory (InfLLM, `spacy_padellm/memory/`).
+
+    `memory(settings)` returns the capability: `new()` gives an empty doc
+    memory, `extend(doc_memory, token_ids)` streams text into it, and
+    `encode_behind(doc_memories, prefixes)` is `Backend.encode_prefixes`
+    with each prefix behind its doc's memory; `decode` and `fork` continue
+    from that handle unchanged, and read the memory without writing it.
+    """
+
+    def memory(self, settings: Any) -> Any:
+        """The memory capability for these settings (`memory.settings.InfLLMSettings`);
+        raises ValueError with the reason for a model it cannot run on."""

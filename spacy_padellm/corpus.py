@@ -16,8 +16,9 @@ would otherwise shift every entity silently.
 import itertools
 import json
 import random
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple, Union
 
 from spacy.language import Language
 from spacy.tokens import Doc, Span, SpanGroup
@@ -229,10 +230,13 @@ class JsonlCorpus:
         limit: int = 0,
         shuffle: bool = False,
         skip: int = 0,
+        context_sentences: int = 0,
     ) -> None:
         check_end(end, path)
         if skip < 0 or limit < 0:
             raise ValueError(Errors.E2039.format(path=path, skip=skip, limit=limit))
+        if isinstance(context_sentences, bool) or not isinstance(context_sentences, int) or context_sentences < 0:
+            raise ValueError(Errors.E2105.format(value=context_sentences))
         self.path = Path(path)
         self.end = end
         self.spans_key = spans_key
@@ -240,9 +244,12 @@ class JsonlCorpus:
         self.limit = limit
         self.shuffle = shuffle
         self.skip = skip
+        self.context_sentences = context_sentences
 
     def __call__(self, nlp: Language) -> Iterator[Example]:
         docs = read_jsonl_docs(self.path, nlp, end=self.end, spans_key=self.spans_key, lang=self.lang)
+        if self.context_sentences:
+            docs = with_preceding_context(docs, self.context_sentences)
         stop = self.skip + self.limit if self.limit else None
         selected: Any = itertools.islice(docs, self.skip, stop)
         if self.shuffle:
@@ -250,6 +257,24 @@ class JsonlCorpus:
             random.shuffle(selected)
         for doc in selected:
             yield to_example(doc)
+
+
+# `doc.user_data` key of the text before a training doc (`context_sentences`),
+# which training puts before its prompt as the long-document memory would.
+CONTEXT_KEY = "padellm_context"
+
+
+def with_preceding_context(docs: Iterator[Doc], n: int) -> Iterator[Doc]:
+    """Each doc with the text of the `n` lines before it in the file (joined
+    by spaces) in `doc.user_data[CONTEXT_KEY]`: the files keep their
+    articles' sentences in order, so this is the text a long-document memory
+    holds when the doc is a segment of its article. The first doc has none."""
+    before: Deque[str] = deque(maxlen=n)
+    for doc in docs:
+        if before:
+            doc.user_data[CONTEXT_KEY] = " ".join(before)
+        before.append(doc.text)
+        yield doc
 
 
 def make_jsonl_corpus(
@@ -260,6 +285,7 @@ def make_jsonl_corpus(
     limit: int = 0,
     shuffle: bool = False,
     skip: int = 0,
+    context_sentences: int = 0,
 ) -> Callable[[Language], Iterator[Example]]:
     """`spacy_padellm.JsonlCorpus.v1`: like `spacy.Corpus.v1`, for the JSONL
     corpora. `end` is the file's end convention ("exclusive" for genia);
@@ -267,5 +293,10 @@ def make_jsonl_corpus(
     `skip` and `limit` (> 0) select a fixed range of lines in file order,
     which is how one file is split into a training and a selection part
     (genia has a dev split only); `shuffle` then reorders that range (with
-    Python's `random`, which `spacy train` seeds)."""
-    return JsonlCorpus(path, end=end, spans_key=spans_key, lang=lang, limit=limit, shuffle=shuffle, skip=skip)
+    Python's `random`, which `spacy train` seeds). `context_sentences` > 0
+    trains with preceding context: each text's prompt follows the text of
+    the lines before it, as behind the long-document memory."""
+    return JsonlCorpus(
+        path, end=end, spans_key=spans_key, lang=lang, limit=limit, shuffle=shuffle, skip=skip,
+        context_sentences=context_sentences,
+    )

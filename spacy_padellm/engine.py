@@ -100,6 +100,14 @@ class BranchDecoder(HFTokenizerText):
     def context_length(self) -> Optional[int]:
         return self._context
 
+    def memory(self, settings: Any) -> Any:
+        """The long-document memory on this engine (`memory.engine.TorchMemory`):
+        doc memories, text streamed into them, prefixes encoded behind them.
+        Raises ValueError (the reason) for a model it does not support."""
+        from .memory.engine import TorchMemory
+
+        return TorchMemory(self, settings)
+
     def release(self, prefixes: PrefixCache) -> None:
         """Nothing to do: the cache's tensors go with the last reference."""
 

@@ -129,6 +129,22 @@ class Errors(metaclass=ErrorsWithCodes):
     E2091 = ("`fine_tuning = \"elastic_lora\"` needs `rank_choices`: two or more "
              "positive ranks, e.g. [32, 24, 16], got {value!r}. The adapter is trained "
              "at the largest; each layer's attention and MLP projections draw one per step.")
+    E2100 = ("`memory.{name}` must be {what}, got {value!r}.")
+    E2101 = ("`memory.exec_chunk` ({exec_chunk}) must not exceed `memory.n_local` "
+             "({n_local}): a chunk of queries reads the window before it, so it "
+             "cannot be longer than the window.")
+    E2102 = ("`memory.n_local` ({n_local}) plus `memory.exec_chunk` ({exec_chunk}) "
+             "is longer than the model's context ({context} tokens): the window "
+             "would put keys at distances the model was never trained on. Lower "
+             "`n_local`, or leave it null to fit the context.")
+    E2103 = ("The long-document memory (`[components.{name}.memory]`) needs the "
+             "torch backend of a Llama-architecture model (SmolLM2, Llama, Mistral, "
+             "Qwen2), but here: {reason}. Remove the memory block, or use "
+             "`spacy_padellm.CausalLM.v1` with such a model.")
+    E2104 = ("The long-document memory works with `decoding = \"parallel\"` "
+             "only, got {decoding!r}.")
+    E2105 = ("`context_sentences` must be a whole number of 0 or more (the lines "
+             "before each text that its prompt follows in training), got {value!r}.")
     E2040 = ("zero_count_penalty must be a number of 0 or more (a log-probability "
             "subtracted from count 0 when a label's count is chosen), got {value!r}. "
             "0 turns it off; larger values predict more entities.")

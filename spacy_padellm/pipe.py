@@ -19,6 +19,7 @@ from .alignment import align_mentions
 from .errors import Errors, Warnings
 from .models.hf_calls import LOAD_LOCK
 from .prompt import prompt_text
+from .memory.settings import InfLLMSettings
 from .segments import SENTENCE_SPLITS, Segment, TrainedLengths, default_lengths, split_segments
 from .schemes import get_scheme
 from .types import ALIGNMENT_MODES, DocPrediction, new_counter
@@ -70,6 +71,7 @@ def install_extensions() -> None:
         "overwrite_ents": False,
         "threshold": 0.0,
         "keep_below_threshold": False,
+        "memory": None,
         "scorer": {"@scorers": "spacy_padellm.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -96,6 +98,7 @@ def make_padellm_ner(
     overwrite_ents: bool,
     threshold: float,
     keep_below_threshold: bool,
+    memory: Optional[InfLLMSettings],
     scorer: Optional[Callable],
 ) -> "PaDeLLMNER":
     """Named entities from a causal LM with PaDeLLM-NER parallel decoding.
@@ -124,8 +127,19 @@ def make_padellm_ner(
         overwrite_ents=overwrite_ents,
         threshold=threshold,
         keep_below_threshold=keep_below_threshold,
+        memory=memory,
         scorer=scorer,
     )
+
+
+def _add_segment(pred: DocPrediction, seg: Segment, text: str, text_pred: Any) -> None:
+    """Mentions aligned inside their segment, and its counts, into the doc's."""
+    spans, counts = align_mentions(text, text_pred.mentions, seg.start)
+    pred.spans.extend(span for span in spans if seg.keeps(span.start))
+    pred.fallbacks.update(text_pred.fallbacks)
+    pred.fallbacks.update(counts)
+    pred.generated_tokens += text_pred.generated_tokens
+    pred.decoding_steps += text_pred.decoding_steps
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -193,6 +207,7 @@ class PaDeLLMNER(TrainablePipe):
         overwrite_ents: bool = False,
         threshold: float = 0.0,
         keep_below_threshold: bool = False,
+        memory: Optional[InfLLMSettings] = None,
         scorer: Optional[Callable] = None,
     ) -> None:
         from .prompt import PromptTemplate
@@ -219,6 +234,12 @@ class PaDeLLMNER(TrainablePipe):
             raise ValueError(Errors.E2070)
         if isinstance(zero_count_penalty, bool) or not isinstance(zero_count_penalty, (int, float)) or zero_count_penalty < 0:
             raise ValueError(Errors.E2040.format(value=zero_count_penalty))
+        if memory is not None and not isinstance(memory, InfLLMSettings):
+            raise ValueError(Errors.E2100.format(
+                name="@misc", what='"spacy_padellm.InfLLMMemory.v1" (a memory block) or null', value=memory
+            ))
+        if memory is not None and decoding != "parallel":
+            raise ValueError(Errors.E2104.format(decoding=decoding))
         definitions = dict(label_definitions or {})
         _check_labels(list(labels or []), definitions if labels else {})
         self.scheme.check_template(PromptTemplate(template))  # fails early on an unknown or unfit template
@@ -252,9 +273,11 @@ class PaDeLLMNER(TrainablePipe):
             from .models.architectures import use_default_adapter
 
             use_default_adapter(model, decoding)
+        self.memory_settings = memory
         self.fallback_counts: Counter = new_counter()
         self._warned: set = set()
         self._decoder: Any = None
+        self._memory: Any = None  # the engine's memory capability, with the decoder
         self._text_budget: Optional[int] = None
         install_extensions()
 
@@ -316,7 +339,21 @@ class PaDeLLMNER(TrainablePipe):
         engine = self.shim.make_engine(stop_token_ids(tokenizer), pad_id)
         prompts = PromptTokenizer(tokenizer, PromptTemplate(self.cfg["template"]), self.cfg["label_definitions"])
         self._text_budget = self._compute_text_budget(prompts, engine.context_length())
+        self._memory = self._memory_on(engine) if self.memory_settings is not None else None
         return self.scheme.decoder(engine, prompts, self.labels, self.cfg)
+
+    def _memory_on(self, engine: Any) -> Any:
+        """The engine's long-document memory, or an error naming what lacks it."""
+        from .memory.engine import UnsupportedModel
+
+        make = getattr(engine, "memory", None)
+        if make is None:
+            reason = f"the {type(engine).__name__} backend has no memory"
+            raise ValueError(Errors.E2103.format(name=self.name, reason=reason))
+        try:
+            return make(self.memory_settings)
+        except UnsupportedModel as err:
+            raise ValueError(Errors.E2103.format(name=self.name, reason=err)) from err
 
     def context_length(self) -> Optional[int]:
         """The longest sequence (text, branch and generation) decoded exactly:
@@ -407,17 +444,39 @@ class PaDeLLMNER(TrainablePipe):
                 preds[i].fallbacks["segmented_docs" if self.segment_budget else "windowed_docs"] += 1
             items.extend((i, segment) for segment in segments)
         size = self.cfg["batch_size"]
+        if self._memory is not None:
+            self._decode_with_memory(docs, doc_texts, items, preds)
+            return preds
         for begin in range(0, len(items), size):
             chunk = items[begin : begin + size]
             texts = [prompt_text(doc_texts[i][seg.start : seg.end]) for i, seg in chunk]
             for (i, seg), text, text_pred in zip(chunk, texts, self._decoder(texts)):
-                spans, counts = align_mentions(text, text_pred.mentions, seg.start)
-                preds[i].spans.extend(span for span in spans if seg.keeps(span.start))
-                preds[i].fallbacks.update(text_pred.fallbacks)
-                preds[i].fallbacks.update(counts)
-                preds[i].generated_tokens += text_pred.generated_tokens
-                preds[i].decoding_steps += text_pred.decoding_steps
+                _add_segment(preds[i], seg, text, text_pred)
         return preds
+
+    def _decode_with_memory(
+        self, docs: List[Doc], doc_texts: List[str], items: List[Tuple[int, Segment]], preds: List[DocPrediction]
+    ) -> None:
+        """Each doc's segments in order, each behind the memory of the text
+        before it (`memory/documents.py`)."""
+        from .memory.documents import StreamedSegment, decode_behind_memory
+
+        per_doc: List[List[Segment]] = [[] for _ in docs]
+        for i, seg in items:
+            per_doc[i].append(seg)
+        streamed: List[List[StreamedSegment]] = []
+        for i, segments in enumerate(per_doc):
+            text, done, doc_items = doc_texts[i], 0, []
+            for seg in segments:
+                doc_items.append(StreamedSegment(prompt_text(text[seg.start : seg.end]), prompt_text(text[done : max(done, seg.end)])))
+                done = max(done, seg.end)
+            streamed.append(doc_items)
+            if len(segments) > 1:
+                preds[i].fallbacks["memory_docs"] += 1
+        results = decode_behind_memory(self._decoder, self._memory, streamed, self.cfg["batch_size"])
+        for i, (segments, doc_items, text_preds) in enumerate(zip(per_doc, streamed, results)):
+            for seg, item, text_pred in zip(segments, doc_items, text_preds):
+                _add_segment(preds[i], seg, item.text, text_pred)
 
     def _place(self, doc: Doc, char_span: Any) -> Optional[Any]:
         """The token span of a placed mention, or None when it cannot be
@@ -485,6 +544,11 @@ class PaDeLLMNER(TrainablePipe):
             self._warned.add(kind)
             if kind == "windowed_docs":
                 logger.warning(Warnings.W2001.format(limit=self._text_budget, n_windows="several"))
+            elif kind == "memory_docs":
+                logger.info(
+                    "%s: docs of several segments are decoded behind the long-document memory; "
+                    "counted as 'memory_docs'.", self.name,
+                )
             elif kind == "segmented_docs":
                 logger.info(
                     "%s: docs longer than %s model tokens are decoded in segments of whole sentences; "

@@ -112,6 +112,15 @@ class PromptTokenizer:
                 return full[:start]
         return []
 
+    @property
+    def leading_special(self) -> List[int]:
+        """The special tokens every prefix starts with (none for many models)."""
+        return list(self._leading_special)
+
+    def tokenize(self, text: str) -> List[int]:
+        """Token ids of plain text (no template, no special tokens)."""
+        return self._encode(text)
+
     def _encode(self, text: str) -> List[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

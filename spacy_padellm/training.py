@@ -112,7 +112,23 @@ def make_item(doc: Doc, prompts: PromptTokenizer, labels: Sequence[str], spans_k
                     (prompts.mention(span.text), True),
                 )
             )
-    return TrainingItem(prompts.prefix(doc.text), branches)
+    return TrainingItem(training_prefix(doc, prompts), branches)
+
+
+def training_prefix(doc: Doc, prompts: PromptTokenizer) -> List[int]:
+    """The doc's prompt prefix; with preceding context (a reader's
+    `context_sentences`), that context first, as a long-document memory
+    puts the text before a segment (`memory/documents.py`): the
+    tokenizer's leading special tokens, the context, then the prompt
+    without them."""
+    from .corpus import CONTEXT_KEY
+
+    prefix = prompts.prefix(doc.text)
+    context = doc.user_data.get(CONTEXT_KEY) if doc.user_data else None
+    if not context:
+        return prefix
+    leading = prompts.leading_special
+    return leading + prompts.tokenize(context) + prefix[len(leading) :]
 
 
 def fill_rows(items: Sequence[TrainingItem], row_tokens: int = ROW_TOKENS) -> List[List[TrainingItem]]:

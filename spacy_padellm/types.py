@@ -23,6 +23,7 @@ FALLBACKS = (
     "misaligned_mentions",  # found, but `Doc.char_span` gave no span -> dropped
     "windowed_docs",  # segment_tokens = 0: doc too long for the context, decoded in windows
     "segmented_docs",  # doc longer than the segment budget, decoded in segments of whole sentences
+    "memory_docs",  # doc of several segments decoded behind the long-document memory
     "possible_undercounts",  # a count reached max_count: the label may have more mentions
 )
 

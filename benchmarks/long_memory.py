@@ -1,0 +1,425 @@
+"""Long documents behind the InfLLM memory: memory and time against length,
+span F1 per method on long-document sets, and a retrieval probe.
+
+Three parts, each writing `<out>_<part>.json` and `.md` (and a PNG):
+
+    # memory and time against doc length (each length in a fresh process)
+    python benchmarks/long_memory.py scaling --lengths 2048,8192,32768,131072 \\
+        --out benchmarks/results/long_memory_cpu
+    # span F1 and time of the methods on docs of consecutive dev sentences
+    python benchmarks/long_memory.py accuracy ../shared/data/conll03/dev.jsonl \\
+        --lines 500:900 --sizes 50,200 --out benchmarks/results/long_memory_cpu
+    # an entity introduced with a cue, mentioned again much later
+    python benchmarks/long_memory.py probe ../shared/data/conll03/dev.jsonl \\
+        --out benchmarks/results/long_memory_cpu
+
+Long-document sets: the file's lines in order, cut into docs of N
+consecutive sentences (the last partial doc dropped), joined by single
+spaces; each doc's `doc.sents` are the file's sentences (as a senter or
+parser would set them) and its gold entities are the sentences' entities
+shifted into the doc. The methods:
+
+- (a) sentences: today's default on sentence-split docs (segments of whole
+  sentences, each decoded on its own);
+- (b) windows: `segment_tokens = 0`, the doc decoded whole, or in windows of
+  the context when longer (today's fallback);
+- (c) sinks + window: the memory with `topk = 0` (StreamingLLM);
+- (d) InfLLM: the memory with its defaults;
+- (e) full attention: the memory with a window as long as the context
+  allows (7,680 tokens of 8,192), which is full attention for every doc
+  that fits in it (the rows say how many did).
+"""
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import spacy
+from spacy.language import Language
+from spacy.scorer import Scorer
+from spacy.tokens import Doc, Span
+from spacy.training import Example
+
+sys.path.insert(0, str(Path(__file__).parent))
+from line_range import line_range  # noqa: E402
+
+MEMORY = {"@misc": "spacy_padellm.InfLLMMemory.v1"}
+FULL_WINDOW = 7680  # SmolLM2's 8,192 positions less one execution chunk of 512
+METHODS: Dict[str, Dict[str, Any]] = {
+    "(a) sentences": {"memory": None},
+    "(b) windows": {"segment_tokens": 0, "memory": None},
+    "(c) sinks + window": {"memory": {**MEMORY, "topk": 0}},
+    "(d) InfLLM": {"memory": MEMORY},
+    "(e) full attention": {"memory": {**MEMORY, "n_local": FULL_WINDOW}},
+}
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch CPU build"
+
+
+def pipeline(path: Optional[Path] = None, **config: Any) -> Language:
+    """The default pipeline with `config`, or a saved one (a trained
+    adapter) with `config` as load-time overrides."""
+    if path is None:
+        nlp = spacy.blank("en")
+        nlp.add_pipe("padellm_ner", config=config)
+    else:
+        nlp = spacy.load(path, config={"components": {"padellm_ner": config}} if config else {})
+    nlp("Warm up .")
+    return nlp
+
+
+def read_rows(path: Path, start: int, stop: int) -> List[list]:
+    with path.open(encoding="utf8") as f:
+        return [json.loads(line) for i, line in enumerate(f) if start <= i < stop]
+
+
+def long_doc(nlp: Language, rows: Sequence[list], end_inclusive: bool) -> Example:
+    """One doc of consecutive sentences (see the module docstring)."""
+    words: List[str] = []
+    starts, spans = [], []
+    for row in rows:
+        offset = len(words)
+        starts.append(offset)
+        words.extend(row[0].split(" "))
+        spans.extend((offset + s, offset + e + (1 if end_inclusive else 0), label) for s, e, _, label in row[1:])
+    sent_starts = [False] * len(words)
+    for s in starts:
+        sent_starts[s] = True
+    reference = Doc(nlp.vocab, words=words, sent_starts=sent_starts)
+    gold = [Span(reference, s, e, label=label) for s, e, label in spans]
+    reference.spans["padellm"] = gold
+    flat, used = [], set()
+    for span in sorted(gold, key=lambda sp: (sp.start, -len(sp))):
+        if not used.intersection(range(span.start, span.end)):
+            flat.append(span)
+            used.update(range(span.start, span.end))
+    reference.ents = flat
+    predicted = Doc(nlp.vocab, words=words, sent_starts=sent_starts)
+    return Example(predicted, reference)
+
+
+# --- accuracy -----------------------------------------------------------------
+
+def accuracy(args: argparse.Namespace) -> None:
+    rows = read_rows(args.data, *args.lines)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    out = Path(f"{args.out}_accuracy.json")
+    report = json.loads(out.read_text()) if out.exists() else {"results": {}}
+    report.update({
+        "date": str(date.today()), "machine": machine(), "data": str(args.data), "lines": list(args.lines),
+        "command": " ".join(sys.argv),
+    })
+    methods = [m for m in METHODS if not args.methods or m[:3] in args.methods.split(",")]
+    if args.trained:
+        report["trained"] = str(args.trained)
+    for method in methods:
+        nlp = None
+        name = f"{method}, context-trained" if args.trained else method
+        for n in sizes:
+            key = f"{name} | {n}"
+            if key in report["results"]:
+                continue
+            nlp = nlp or pipeline(args.trained, **METHODS[method])
+            pipe = nlp.get_pipe("padellm_ner")
+            examples = [long_doc(nlp, rows[i : i + n], args.end_inclusive) for i in range(0, len(rows) - n + 1, n)]
+            tokens = [len(pipe._decoder.engine.tokenize(eg.predicted.text)) for eg in examples]
+            started = time.perf_counter()
+            docs = list(nlp.pipe((eg.predicted for eg in examples), batch_size=len(examples)))
+            seconds = time.perf_counter() - started
+            for eg, doc in zip(examples, docs):
+                eg.predicted = doc
+            scores = Scorer.score_spans(examples, "spans", getter=lambda doc, key: doc.spans.get("padellm", []), has_annotation=None) \
+                if args.spans else Scorer.score_spans(examples, "ents")
+            prefix = "spans" if args.spans else "ents"
+            memory = pipe.memory_settings and pipe._memory.settings
+            report["results"][key] = {
+                "method": name, "sentences_per_doc": n, "docs": len(examples),
+                "tokens_per_doc": statistics.median(tokens),
+                "fits_window": None if not memory else sum(t <= memory.n_local for t in tokens),
+                "p": scores[f"{prefix}_p"], "r": scores[f"{prefix}_r"], "f": scores[f"{prefix}_f"],
+                "seconds": seconds, "ms_per_word": 1000 * seconds / sum(len(eg.reference) for eg in examples),
+                "fallbacks": dict(sum((__import__("collections").Counter(d._.padellm["fallbacks"]) for d in docs), __import__("collections").Counter())),
+            }
+            print(key, f"F {100 * scores[f'{prefix}_f']:.2f}", f"{seconds:.0f} s", file=sys.stderr, flush=True)
+            out.write_text(json.dumps(report, indent=2))
+        del nlp
+    write_accuracy_md(report, Path(f"{args.out}_accuracy.md"))
+
+
+def write_accuracy_md(report: Dict[str, Any], path: Path) -> None:
+    lines = [
+        f"# Long documents: span F1 and time per method ({report['date']}, {report['machine']})", "",
+        f"Docs of consecutive sentences of `{report['data']}` lines {report['lines'][0]}:{report['lines'][1]}; "
+        f"default CoNLL-03 adapter. Command: `{report['command']}`", "",
+        "| method | sentences/doc | docs | tokens/doc (median) | docs within the window | P | R | **F** | s | ms/word |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["results"].values():
+        fits = "–" if r["fits_window"] is None else f"{r['fits_window']} of {r['docs']}"
+        lines.append(
+            f"| {r['method']} | {r['sentences_per_doc']} | {r['docs']} | {r['tokens_per_doc']:.0f} | {fits} | "
+            f"{100 * r['p']:.2f} | {100 * r['r']:.2f} | **{100 * r['f']:.2f}** | {r['seconds']:.0f} | {r['ms_per_word']:.1f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    plot_accuracy(report, path.with_suffix(".png"))
+
+
+def plot_accuracy(report: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    results = list(report["results"].values())
+    sizes = sorted({r["sentences_per_doc"] for r in results})
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    width = 0.8 / max(1, len(methods))
+    for k, method in enumerate(methods):
+        xs, ys = [], []
+        for j, n in enumerate(sizes):
+            hit = [r for r in results if r["method"] == method and r["sentences_per_doc"] == n]
+            if hit:
+                xs.append(j + k * width)
+                ys.append(100 * hit[0]["f"])
+        ax.bar(xs, ys, width, label=method)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))], [f"{n} sentences/doc" for n in sizes])
+    ax.set_ylabel("span F1")
+    ax.set_title("Long documents: span F1 per method", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- probe --------------------------------------------------------------------
+
+PROBES = [
+    ("The company Jordan Ltd said on Monday it would build a new plant .", "Jordan said profits rose 10 percent .", "Jordan", "ORG"),
+    ("The company Victoria Holdings reported higher sales .", "Victoria said it would cut jobs .", "Victoria", "ORG"),
+    ("The company Chelsea Corp was sold to a rival .", "Chelsea said the deal was closed .", "Chelsea", "ORG"),
+    ("The company Florence Group announced a merger .", "Florence said shares fell .", "Florence", "ORG"),
+    ("The striker Adelaide Brown scored twice in the final .", "Adelaide said the team was tired .", "Adelaide", "PER"),
+    ("The singer Georgia Miles released a new album .", "Georgia said the tour would start in May .", "Georgia", "PER"),
+]
+
+
+def probe(args: argparse.Namespace) -> None:
+    """Label accuracy of the later mention against the distance (filler
+    tokens) from its cue. Behind the memory, only the mention's sentence
+    is decoded: the filler is streamed in, as the pipeline would stream its
+    segments (decoding them changes nothing in the memory)."""
+    from spacy_padellm.memory.engine import BehindMemories
+
+    filler_rows = [r for r in read_rows(args.data, *args.lines) if not any(p[2] in r[0] for p in PROBES)]
+    filler = " ".join(r[0] for r in filler_rows)
+    distances = [int(x) for x in args.distances.split(",")]
+    results: Dict[str, Dict[int, List[bool]]] = {}
+    timing: Dict[str, float] = {}
+    for method in ("(a) sentences", "(b) windows", "(c) sinks + window", "(d) InfLLM"):
+        nlp = pipeline(**METHODS[method])
+        pipe = nlp.get_pipe("padellm_ner")
+        engine = pipe._decoder.engine
+        filler_ids = engine.tokenize(" " + filler)
+        results[method] = {d: [] for d in distances}
+        started = time.perf_counter()
+        for cue, target, name, label in PROBES:
+            if pipe._memory is None:
+                for d in distances:
+                    text = cue + engine.detokenize(filler_ids[:d]) + " " + target
+                    doc = nlp(text if method == "(b) windows" else target)
+                    results[method][d].append(_labelled(doc, len(text) - len(target) if method == "(b) windows" else 0, name, label))
+                continue
+            memory = pipe._memory
+            doc_memory = memory.new()
+            memory.extend(doc_memory, pipe._decoder.prompts.leading_special + engine.tokenize(cue))
+            done = 0
+            for d in distances:
+                memory.extend(doc_memory, filler_ids[done:d])
+                done = d
+                view = copy.copy(pipe._decoder)
+                view.engine = BehindMemories(memory, [doc_memory], pipe._decoder.prompts.leading_special)
+                pred = view([target])[0]
+                results[method][d].append(any(m.text.strip() == name and m.label == label for m in pred.mentions))
+        timing[method] = time.perf_counter() - started
+        print(method, {d: sum(v) for d, v in results[method].items()}, file=sys.stderr, flush=True)
+        del nlp
+    report = {
+        "date": str(date.today()), "machine": machine(), "command": " ".join(sys.argv), "probes": PROBES,
+        "distances": distances, "accuracy": {m: {str(d): sum(v) / len(v) for d, v in r.items()} for m, r in results.items()},
+        "seconds": timing,
+    }
+    Path(f"{args.out}_probe.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        f"# Retrieval probe ({report['date']}, {report['machine']})", "",
+        f"{len(PROBES)} entities introduced once with a cue (\"The company Jordan Ltd ...\") and mentioned again "
+        "after N tokens of CoNLL-03 dev filler without the cue (\"Jordan said ...\"). Accuracy: the later mention "
+        f"found with the cue's label. Command: `{report['command']}`", "",
+        "| method | " + " | ".join(f"{d} tokens" for d in distances) + " | s |",
+        "| --- |" + " ---: |" * (len(distances) + 1),
+    ]
+    for method, acc in report["accuracy"].items():
+        lines.append(f"| {method} | " + " | ".join(f"{acc[str(d)]:.2f}" for d in distances) + f" | {timing[method]:.0f} |")
+    Path(f"{args.out}_probe.md").write_text("\n".join(lines) + "\n")
+
+
+def _labelled(doc: Doc, offset: int, name: str, label: str) -> bool:
+    return any(e.text == name and e.label_ == label and e.start_char >= offset for e in doc.spans.get("padellm", []))
+
+
+# --- scaling ------------------------------------------------------------------
+
+def scaling(args: argparse.Namespace) -> None:
+    out = Path(f"{args.out}_scaling.json")
+    report = json.loads(out.read_text()) if out.exists() else {"rows": {}}
+    report.update({"date": str(date.today()), "machine": machine(), "command": " ".join(sys.argv)})
+    for length in [int(x) for x in args.lengths.split(",")]:
+        if str(length) in report["rows"]:
+            continue
+        done = subprocess.run(
+            [sys.executable, __file__, "one-length", str(length), "--data", str(args.data)],
+            capture_output=True, text=True, check=True,
+        )
+        report["rows"][str(length)] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(length, report["rows"][str(length)], file=sys.stderr, flush=True)
+        out.write_text(json.dumps(report, indent=2))
+    write_scaling_md(report, Path(f"{args.out}_scaling.md"))
+
+
+def one_length(args: argparse.Namespace) -> None:
+    """Stream `length` tokens of dev text into one doc memory, timing each
+    execution chunk, then decode three sentences behind it."""
+    import psutil
+
+    from spacy_padellm.memory.engine import BehindMemories
+
+    nlp = pipeline(memory=MEMORY)
+    pipe = nlp.get_pipe("padellm_ner")
+    memory, engine = pipe._memory, pipe._decoder.engine
+    rows = read_rows(args.data, 0, 10**9)
+    loaded_rss = psutil.Process().memory_info().rss
+    ids: List[int] = []
+    k = 0
+    while len(ids) < args.length:
+        ids.extend(engine.tokenize(" " + " ".join(r[0] for r in rows[k : k + 200])))
+        k = (k + 200) % len(rows)
+    ids = ids[: args.length]
+    doc_memory = memory.new()
+    chunk = memory.settings.exec_chunk
+    chunk_seconds = []
+    for begin in range(0, len(ids), chunk):
+        started = time.perf_counter()
+        memory.extend(doc_memory, ids[begin : begin + chunk])
+        chunk_seconds.append(time.perf_counter() - started)
+    segment_seconds = []
+    for row in rows[3000:3003]:
+        view = copy.copy(pipe._decoder)
+        view.engine = BehindMemories(memory, [doc_memory], pipe._decoder.prompts.leading_special)
+        started = time.perf_counter()
+        view([" " + row[0]])
+        segment_seconds.append(time.perf_counter() - started)
+    nbytes = doc_memory.nbytes()
+    s = memory.settings
+    print(json.dumps({
+        "tokens": len(ids),
+        "stream_seconds": sum(chunk_seconds),
+        "ms_per_token": 1000 * sum(chunk_seconds) / len(ids),
+        "chunk_ms_first": 1000 * statistics.median(chunk_seconds[:4]),
+        "chunk_ms_last": 1000 * statistics.median(chunk_seconds[-4:]),
+        "segment_ms": 1000 * statistics.median(segment_seconds),
+        "rss_loaded_mb": loaded_rss / 2**20,
+        "rss_mb": psutil.Process().memory_info().rss / 2**20,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "block_mb": nbytes["blocks"] / 2**20,
+        "other_mb": nbytes["other"] / 2**20,
+        "blocks": len(doc_memory.layers[0].blocks),
+        "block_bytes_per_token": nbytes["blocks"] / max(1, doc_memory.block_tokens()),
+        "keys_per_query": s.n_init + s.topk * s.block_size + s.n_local + s.exec_chunk,
+    }))
+
+
+def write_scaling_md(report: Dict[str, Any], path: Path) -> None:
+    rows = sorted(report["rows"].values(), key=lambda r: r["tokens"])
+    lines = [
+        f"# Long-document memory against doc length ({report['date']}, {report['machine']})", "",
+        "One doc of CoNLL-03 dev text streamed into the InfLLM memory (defaults: n_init 128, n_local 1,024, "
+        "blocks of 128, topk 16, repr_topk 4, chunks of 512), each length in a fresh process; then three "
+        f"sentences decoded behind it (PaDeLLM, default adapter). Command: `{report['command']}`", "",
+        "| tokens | stream s | ms/token | chunk ms (first / last) | segment ms | RSS MB (loaded / after) | peak RSS MB | blocks MB | bytes/token in blocks | keys per query |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['tokens']:,} | {r['stream_seconds']:.1f} | {r['ms_per_token']:.2f} | {r['chunk_ms_first']:.0f} / {r['chunk_ms_last']:.0f} | "
+            f"{r['segment_ms']:.0f} | {r['rss_loaded_mb']:.0f} / {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['block_mb']:.0f} | "
+            f"{r['block_bytes_per_token']:,.0f} | {r['keys_per_query']:,} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    xs = [r["tokens"] for r in rows]
+    left.plot(xs, [r["peak_rss_mb"] for r in rows], "o-", label="peak RSS")
+    left.plot(xs, [r["block_mb"] for r in rows], "s--", label="blocks in RAM")
+    left.set_xscale("log")
+    left.set_xlabel("doc tokens")
+    left.set_ylabel("MB")
+    left.legend(fontsize=8)
+    right.plot(xs, [r["stream_seconds"] for r in rows], "o-", label="total stream s")
+    right.plot(xs, [r["chunk_ms_last"] / 1000 for r in rows], "s--", label="last chunk s")
+    right.plot(xs, [r["segment_ms"] / 1000 for r in rows], "^:", label="segment s")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("doc tokens")
+    right.legend(fontsize=8)
+    fig.suptitle("InfLLM memory: memory and time against length", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="part", required=True)
+    acc = sub.add_parser("accuracy")
+    acc.add_argument("data", type=Path)
+    acc.add_argument("--lines", type=line_range, default=(500, 900))
+    acc.add_argument("--sizes", default="50,200")
+    acc.add_argument("--methods", default="", help="e.g. (a),(d): a subset of the methods")
+    acc.add_argument("--end-exclusive", dest="end_inclusive", action="store_false", help="genia: end indices exclusive")
+    acc.add_argument("--spans", action="store_true", help="score the span group (nested data) instead of doc.ents")
+    acc.add_argument("--trained", type=Path, default=None, help="a saved pipeline (e.g. trained with preceding context) instead of the default")
+    acc.add_argument("--out", required=True)
+    pr = sub.add_parser("probe")
+    pr.add_argument("data", type=Path)
+    pr.add_argument("--lines", type=line_range, default=(1000, 1400))
+    pr.add_argument("--distances", default="0,256,1024,4096")
+    pr.add_argument("--out", required=True)
+    sc = sub.add_parser("scaling")
+    sc.add_argument("--data", type=Path, default=Path("../shared/data/conll03/dev.jsonl"))
+    sc.add_argument("--lengths", default="2048,8192,32768,131072")
+    sc.add_argument("--out", required=True)
+    one = sub.add_parser("one-length")
+    one.add_argument("length", type=int)
+    one.add_argument("--data", type=Path, required=True)
+    args = parser.parse_args(argv)
+    {"accuracy": accuracy, "probe": probe, "scaling": scaling, "one-length": one_length}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

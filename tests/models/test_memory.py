@@ -1,0 +1,268 @@
+"""The InfLLM long-document memory on a tiny Llama.
+
+Equivalence: while everything streamed fits the local window, decoding
+behind the memory is full attention over the streamed text and the prompt,
+so the generated tokens equal the plain engine's on the concatenation.
+"""
+import copy
+
+import pytest
+import spacy
+import torch
+from spacy.tokens import Doc
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from spacy_padellm.decoding import stop_token_ids
+from spacy_padellm.engine import BranchDecoder
+from spacy_padellm.errors import Errors
+from spacy_padellm.memory.settings import InfLLMSettings, make_infllm_memory
+from spacy_padellm.prompt import prompt_text
+
+from ..conftest import MEMORIZED, make_nlp
+
+SMALL = dict(n_init=4, block_size=8, repr_topk=2, exec_chunk=8)
+
+
+@pytest.fixture(scope="module")
+def engine(memorized_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(memorized_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(memorized_model_dir).eval()
+    return BranchDecoder(model, stop_token_ids(tokenizer), tokenizer.pad_token_id, tokenizer, 256)
+
+
+def _random_ids(n: int, seed: int):
+    return torch.randint(5, 300, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _flat(gens):
+    return [lp for g in gens for lp in g.logprobs]
+
+
+def _decode(engine, cache, suffixes):
+    return engine.decode(cache, [0] * len(suffixes), suffixes, 6)
+
+
+def test_memory_within_the_window_is_full_attention(engine):
+    past, prefix = _random_ids(70, 1), _random_ids(9, 2)
+    suffixes = [_random_ids(3, 3), _random_ids(5, 4)]
+    full = _decode(engine, engine.encode_prefixes([past + prefix]), suffixes)
+    memory = engine.memory(InfLLMSettings(n_local=128, topk=2, **SMALL))
+    doc = memory.new()
+    memory.extend(doc, past)  # 9 execution chunks of 8
+    assert doc.tokens == 70 and not doc.layers[0].blocks
+    behind = _decode(engine, memory.encode_behind([doc], [prefix]), suffixes)
+    assert [g.token_ids for g in behind] == [g.token_ids for g in full]
+    assert _flat(behind) == pytest.approx(_flat(full), abs=1e-4)
+
+
+def test_evicted_tokens_form_blocks_and_sinks(engine):
+    settings = InfLLMSettings(n_local=16, topk=2, **SMALL)
+    memory = engine.memory(settings)
+    doc = memory.new()
+    memory.extend(doc, _random_ids(100, 5))
+    for layer in doc.layers:
+        assert layer.init_k.shape[-2] == settings.n_init
+        # 100 = 4 sinks + 10 blocks of 8 + 16 in the window
+        assert len(layer.blocks) == 10 and layer.buffered == 16
+        assert layer.stored == 100
+        assert torch.stack(layer.reprs).shape[0] == 10
+    nbytes = doc.nbytes()
+    per_block_token = nbytes["blocks"] / (10 * settings.block_size) / len(doc.layers)
+    kv_heads, head_dim = doc.layers[0].blocks[0][0].shape[0], doc.layers[0].blocks[0][0].shape[-1]
+    assert per_block_token == 2 * kv_heads * head_dim * 4  # keys and values, float32
+
+
+def test_retrieval_changes_what_a_prefix_reads(engine):
+    """Behind a memory longer than the window, the retrieved blocks matter:
+    topk = 0 (sinks and window only) decodes differently from topk = 2, and
+    neither is full attention."""
+    past, prefix = _random_ids(90, 6), _random_ids(9, 7)
+    suffixes = [_random_ids(3, 8)]
+    full = _decode(engine, engine.encode_prefixes([past + prefix]), suffixes)
+    logprobs = {}
+    for topk in (0, 2):
+        memory = engine.memory(InfLLMSettings(n_local=16, topk=topk, **SMALL))
+        doc = memory.new()
+        memory.extend(doc, past)
+        logprobs[topk] = _decode(engine, memory.encode_behind([doc], [prefix]), suffixes)[0].logprobs
+    assert logprobs[0] != pytest.approx(logprobs[2], abs=1e-4)
+    assert logprobs[2] != pytest.approx(full[0].logprobs, abs=1e-4)
+
+
+def test_branches_read_the_memory_without_writing_it(engine):
+    memory = engine.memory(InfLLMSettings(n_local=16, topk=2, **SMALL))
+    doc = memory.new()
+    memory.extend(doc, _random_ids(60, 9))
+    before = [(l.buffered, len(l.blocks), l.buf_score.clone()) for l in doc.layers]
+    cache = memory.encode_behind([doc], [_random_ids(9, 10)])
+    gens = engine.decode(cache, [0, 0, 0], [_random_ids(3, s) for s in (11, 12, 13)], 8, keep=True)
+    kept = [g.branch for g in gens if g.branch is not None]
+    engine.fork(kept, [_random_ids(2, 14)] * len(kept), 4)
+    engine.release_branches(kept)
+    for layer, (buffered, blocks, score) in zip(doc.layers, before):
+        assert layer.buffered == buffered and len(layer.blocks) == blocks
+        assert torch.equal(layer.buf_score, score)
+    assert doc.tokens == 60
+
+
+def test_rows_of_different_docs_read_their_own_memory(engine):
+    """A batch of prefixes behind two memories equals each decoded alone."""
+    settings = InfLLMSettings(n_local=16, topk=2, **SMALL)
+    memory = engine.memory(settings)
+    docs = [memory.new(), memory.new()]
+    memory.extend(docs[0], _random_ids(50, 14))
+    memory.extend(docs[1], _random_ids(30, 15))
+    prefixes = [_random_ids(9, 16), _random_ids(5, 17)]
+    suffixes = [_random_ids(3, 18), _random_ids(4, 19)]
+    together = engine.decode(memory.encode_behind(docs, prefixes), [0, 1, 1, 0], suffixes * 2, 6)
+    alone = [engine.decode(memory.encode_behind([d], [p]), [0, 0], suffixes, 6) for d, p in zip(docs, prefixes)]
+    expected = [alone[0][0], alone[1][1], alone[1][0], alone[0][1]]
+    assert [g.token_ids for g in together] == [g.token_ids for g in expected]
+    assert _flat(together) == pytest.approx(_flat(expected), abs=1e-4)
+
+
+def test_plain_decoding_is_unchanged_after_memory_is_enabled(engine):
+    prefix, suffixes = _random_ids(12, 20), [_random_ids(3, 21)]
+    before = _decode(engine, engine.encode_prefixes([prefix]), suffixes)
+    engine.memory(InfLLMSettings(n_local=16, topk=2, **SMALL))
+    after = _decode(engine, engine.encode_prefixes([prefix]), suffixes)
+    assert [g.token_ids for g in after] == [g.token_ids for g in before]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"block_size": 0}, "memory.block_size"),
+        ({"topk": -1}, "memory.topk"),
+        ({"repr_topk": 9, "block_size": 8}, "memory.repr_topk"),
+        ({"n_local": 2.5}, "memory.n_local"),
+    ],
+)
+def test_bad_settings_name_the_setting(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_infllm_memory(**kwargs)
+
+
+def test_window_longer_than_the_context_is_refused():
+    with pytest.raises(ValueError, match="context"):
+        InfLLMSettings(n_local=250, exec_chunk=16).for_context(256)
+    with pytest.raises(ValueError, match="exec_chunk"):
+        InfLLMSettings(n_local=16, exec_chunk=32).for_context(256)
+    assert InfLLMSettings().for_context(8192).n_local == 1024
+    assert InfLLMSettings().for_context(256).n_local == 32
+
+
+# --- the pipeline -----------------------------------------------------------
+
+def _article(nlp, n: int = 3) -> Doc:
+    """MEMORIZED sentences as one doc with sentence boundaries."""
+    words, spaces, starts = [], [], []
+    for text, _ in MEMORIZED[:n]:
+        tokens = text.split(" ")
+        starts.append(len(words))
+        words.extend(tokens)
+        spaces.extend([True] * len(tokens))
+    doc = Doc(nlp.vocab, words=words, spaces=spaces, sent_starts=[i in starts for i in range(len(words))])
+    return doc
+
+
+def _memory_nlp(model_dir, **memory):
+    config = {"memory": {"@misc": "spacy_padellm.InfLLMMemory.v1", **memory}, "segment_tokens": 8}
+    return make_nlp(model_dir, labels=["LOC", "MISC", "PER"], **config)
+
+
+def test_pipeline_decodes_segments_behind_memory(memorized_model_dir):
+    nlp = _memory_nlp(memorized_model_dir, n_local=200, exec_chunk=16)
+    plain = make_nlp(memorized_model_dir, labels=["LOC", "MISC", "PER"], segment_tokens=8)
+    pipe = nlp.get_pipe("padellm_ner")
+    doc = nlp(_article(nlp))
+    stats = doc._.padellm
+    assert stats["segments"] == 3 and stats["fallbacks"].get("memory_docs") == 1
+    # Segment 1 is decoded as it is without memory (nothing before it).
+    first = plain(_article(plain, 1))
+    assert [(e.text, e.label_) for e in first.ents] == [
+        (e.text, e.label_) for e in doc.ents if e.end_char <= len(MEMORIZED[0][0])
+    ]
+    assert pipe.fallback_counts["memory_docs"] == 1
+
+
+def test_segments_behind_memory_are_full_attention_within_the_window(memorized_model_dir):
+    """Each segment's counts, mentions and scores behind the memory equal
+    the plain decoder's with the streamed text put before that segment's
+    prompt (full attention over the doc so far)."""
+    from spacy_padellm.memory.documents import StreamedSegment, decode_behind_memory
+
+    nlp = _memory_nlp(memorized_model_dir, n_local=200, exec_chunk=16)
+    pipe = nlp.get_pipe("padellm_ner")
+    nlp("warm up")  # builds the decoder and its memory
+    decoder = pipe._decoder
+    texts = [text for text, _ in MEMORIZED]
+    segments = [StreamedSegment(t, (" " if k else "") + t) for k, t in enumerate(texts)]
+    behind = decode_behind_memory(decoder, pipe._memory, [segments], batch_size=4)[0]
+    streamed = []
+    for segment, got in zip(segments, behind):
+        view = copy.copy(decoder)
+        view.prefix_ids = lambda text, before=list(streamed): before + decoder.prompts.prefix(text)
+        want = view([segment.text])[0]
+        assert got.counts == want.counts
+        assert [(m.label, m.n, m.text) for m in got.mentions] == [(m.label, m.n, m.text) for m in want.mentions]
+        assert [m.score for m in got.mentions] == pytest.approx([m.score for m in want.mentions], rel=1e-3)
+        streamed += decoder.engine.tokenize(segment.stream)
+    assert any(pred.mentions for pred in behind)  # the comparison saw mentions
+
+
+def test_memory_on_an_engine_without_it_is_refused(tiny_model_dir):
+    from spacy_padellm.scripted_backend import ScriptedBackend
+
+    nlp = _memory_nlp(tiny_model_dir)
+    pipe = nlp.get_pipe("padellm_ner")
+    with pytest.raises(ValueError, match="ScriptedBackend backend has no memory"):
+        pipe._memory_on(ScriptedBackend(AutoTokenizer.from_pretrained(tiny_model_dir), {}))
+
+
+def test_memory_needs_parallel_decoding(tiny_model_dir):
+    with pytest.raises(ValueError, match="parallel"):
+        make_nlp(tiny_model_dir, decoding="autoregressive", memory={"@misc": "spacy_padellm.InfLLMMemory.v1"})
+
+
+def test_memory_on_gemma3_is_refused_with_the_reason(tiny_gemma3_dir):
+    nlp = make_nlp(tiny_gemma3_dir, memory={"@misc": "spacy_padellm.InfLLMMemory.v1", "n_local": 32, "exec_chunk": 16})
+    with pytest.raises(ValueError, match=r"model type 'gemma3_text'"):
+        nlp("Peter Blackburn visited Brussels . He liked it .")
+
+
+def test_error_messages_exist():
+    assert "memory" in Errors.E2103 and "parallel" in Errors.E2104
+
+
+def test_blocks_off_the_model_device_are_cached_least_recently_used():
+    """On GPU, blocks live in CPU RAM and `max_cached_blocks` per layer stay
+    on the GPU. Checked with torch's "meta" device standing in for it."""
+    from spacy_padellm.memory.store import LayerStore
+
+    settings = InfLLMSettings(n_init=0, n_local=4, block_size=2, topk=2, repr_topk=1, exec_chunk=2, max_cached_blocks=2)
+    store = LayerStore(settings, store_device=torch.device("cpu"))
+    for step in range(6):  # 12 tokens: 4 blocks, 4 in the window
+        store.append(torch.randn(1, 2, 8), torch.randn(1, 2, 8), torch.rand(2, store.buffered + 2))
+    assert len(store.blocks) == 4 and all(k.device.type == "cpu" for k, _ in store.blocks)
+    meta = torch.device("meta")
+    store._on_device(0, meta)
+    store._on_device(1, meta)
+    store._on_device(0, meta)  # 0 used last: 1 leaves first
+    k, _ = store._on_device(2, meta)
+    assert k.device == meta and list(store._cached) == [0, 2]
+
+
+def test_docs_batched_behind_their_memories_equal_each_alone(memorized_model_dir):
+    """nlp.pipe over docs of 3, 1 and 2 segments: each doc's entities and
+    counts are what it gets on its own."""
+    nlp = _memory_nlp(memorized_model_dir, n_local=16, exec_chunk=8, n_init=4, block_size=8, topk=1, repr_topk=2)
+    docs = [_article(nlp, 3), _article(nlp, 1), _article(nlp, 2)]
+    together = list(nlp.pipe([d.copy() for d in docs], batch_size=3))
+    alone = [nlp(d.copy()) for d in docs]
+    assert [t._.padellm["segments"] for t in together] == [3, 1, 2]
+    for t, a in zip(together, alone):
+        assert [(s.start_char, s.end_char, s.label_) for s in t.spans["padellm"]] == [
+            (s.start_char, s.end_char, s.label_) for s in a.spans["padellm"]
+        ]
+        assert t._.padellm["fallbacks"] == a._.padellm["fallbacks"]
