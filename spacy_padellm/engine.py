@@ -125,8 +125,11 @@ class BranchDecoder(HFTokenizerText):
             _compact(group)
 
     @torch.inference_mode()
-    def encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> PrefixCache:
-        """Run every prefix through the model once, right-padded."""
+    def encode_prefixes(self, prefixes: Sequence[Sequence[int]], cache: Any = None) -> PrefixCache:
+        """Run every prefix through the model once, right-padded.
+
+        cache: an empty cache object to fill instead of a new one (the
+            long-document memory's, whose rows read their docs' memories)."""
         if any(len(p) == 0 for p in prefixes):
             raise ValueError("Every prefix needs at least one token.")
         device = self.device
@@ -146,6 +149,7 @@ class BranchDecoder(HFTokenizerText):
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
+            **({} if cache is None else {self._cache_arg: cache}),
         )
         lengths = mask.sum(dim=1)
         return PrefixCache(cache=output_cache(out), mask=mask, lengths=lengths)

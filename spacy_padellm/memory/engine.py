@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..backend import Generation
-from ..compat import _base_model, output_cache
+from ..decoding import start_branches
+from ..compat import _base_model
 from .attention import IMPLEMENTATION, register
 from .caches import ContextCache, SegmentContext, StreamCache
 from .settings import InfLLMSettings
@@ -82,36 +83,12 @@ class TorchMemory:
             engine.tokens_evaluated += chunk.shape[1]
             memory.tokens += chunk.shape[1]
 
-    @torch.inference_mode()
     def encode_behind(self, memories: Sequence[DocMemory], prefixes: Sequence[Sequence[int]]) -> Any:
         """`BranchDecoder.encode_prefixes`, with prefix i behind `memories[i]`:
         its cache holds only the prefix (the tail); the memory is read, not
         copied, by it and by every branch decoded from it."""
-        from ..engine import PrefixCache
-
-        if any(len(p) == 0 for p in prefixes):
-            raise ValueError("Every prefix needs at least one token.")
-        engine = self.engine
-        engine.model.eval()
-        device = engine.device
-        width = max(len(p) for p in prefixes)
-        ids = torch.full((len(prefixes), width), engine.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-        for row, prefix in enumerate(prefixes):
-            ids[row, : len(prefix)] = torch.tensor(list(prefix), dtype=torch.long)
-            mask[row, : len(prefix)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        engine.tokens_evaluated += sum(len(p) for p in prefixes)
         cache = ContextCache([SegmentContext(m) for m in memories], range(len(prefixes)), self.n_layers)
-        out = engine.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=torch.arange(width, device=device).expand(len(prefixes), width),
-            use_cache=True,
-            logits_to_keep=1,
-            **{engine._cache_arg: cache},
-        )
-        return PrefixCache(cache=output_cache(out), mask=mask, lengths=mask.sum(dim=1))
+        return self.engine.encode_prefixes(prefixes, cache=cache)
 
 
 class BehindMemories:
@@ -148,16 +125,11 @@ class BehindMemories:
         return self.memory.encode_behind(self.memories, self._behind(prefixes))
 
     def encode_with_branches(
-        self,
-        prefixes: Sequence[Sequence[int]],
-        suffixes: Sequence[Sequence[int]],
-        max_new_tokens: int,
-        first_token_bias: Optional[Dict[int, float]] = None,
-        keep: bool = False,
+        self, prefixes: Sequence[Sequence[int]], suffixes: Sequence[Sequence[int]], max_new_tokens: int,
+        first_token_bias: Optional[Dict[int, float]] = None, keep: bool = False,
     ) -> Tuple[Any, List[Generation]]:
+        """Unfused behind memories: the fused call builds its cache from
+        scratch, so it runs only for batches without memory."""
         if self.plain:
             return self.engine.encode_with_branches(prefixes, suffixes, max_new_tokens, first_token_bias, keep)
-        cache = self.encode_prefixes(prefixes)
-        text_index = [i for i in range(len(prefixes)) for _ in suffixes]
-        every = [s for _ in prefixes for s in suffixes]
-        return cache, self.engine.decode(cache, text_index, every, max_new_tokens, first_token_bias, keep=keep)
+        return start_branches(self, prefixes, suffixes, max_new_tokens, False, first_token_bias, keep)
