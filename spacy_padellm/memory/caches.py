@@ -33,7 +33,7 @@ def _hand_over(kwargs: Dict[str, Any], layer: Any) -> None:
     if not isinstance(forwarded, dict):
         raise RuntimeError(
             "This transformers version does not pass the attention keyword arguments "
-            "to cache.update; the long-document memory needs transformers >= 5.2."
+            "to cache.update; the long-document memory is tested with transformers 5.24."
         )
     forwarded[MEMORY_KWARG] = layer
 

@@ -22,10 +22,18 @@ from .store import DocMemory
 # Llama rotary code (`rotate_half`) and nothing else (no sliding layers, no
 # soft-capping), which the memory attention re-implements.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+MIN_TRANSFORMERS = (5, 0)
 
 
 def unsupported_reason(model: Any) -> Optional[str]:
     """Why the memory cannot run on `model`, or None when it can."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    if (major, minor) < MIN_TRANSFORMERS:
+        # older versions hand cache.update a dict of their own, not the
+        # attention's keyword arguments (memory/caches.py)
+        return f"transformers {transformers.__version__} (the memory needs transformers 5; it is tested with 5.24)"
     base = _base_model(model)
     model_type = getattr(getattr(base, "config", None), "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
