@@ -17,9 +17,9 @@ from thinc.api import Config, Model, Optimizer
 
 from .alignment import align_mentions
 from .errors import Errors, Warnings
+from .memory.settings import InfLLMSettings
 from .models.hf_calls import LOAD_LOCK
 from .prompt import prompt_text
-from .memory.settings import InfLLMSettings
 from .segments import SENTENCE_SPLITS, Segment, TrainedLengths, default_lengths, split_segments
 from .schemes import get_scheme
 from .types import ALIGNMENT_MODES, DocPrediction, new_counter

@@ -266,3 +266,13 @@ def test_docs_batched_behind_their_memories_equal_each_alone(memorized_model_dir
             (s.start_char, s.end_char, s.label_) for s in a.spans["padellm"]
         ]
         assert t._.padellm["fallbacks"] == a._.padellm["fallbacks"]
+
+
+def test_memory_settings_survive_saving_and_loading(tiny_model_dir, tmp_path):
+    nlp = _memory_nlp(tiny_model_dir, n_local=24, topk=3, exec_chunk=8)
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "pipeline")
+    loaded = spacy.load(tmp_path / "pipeline").get_pipe("padellm_ner")
+    assert loaded.memory_settings == InfLLMSettings(n_local=24, topk=3, exec_chunk=8)
+    off = spacy.load(tmp_path / "pipeline", config={"components": {"padellm_ner": {"memory": None}}})
+    assert off.get_pipe("padellm_ner").memory_settings is None
