@@ -145,7 +145,7 @@ def accuracy(args: argparse.Namespace) -> None:
             prefix = "spans" if args.spans else "ents"
             memory = pipe.memory_settings and pipe._memory.settings
             report["results"][key] = {
-                "method": name, "sentences_per_doc": n, "docs": len(examples),
+                "method": name, "sentences_per_doc": n, "docs": len(examples), "command": " ".join(sys.argv),
                 "tokens_per_doc": statistics.median(tokens),
                 "fits_window": None if not memory else sum(t <= memory.n_local for t in tokens),
                 "p": scores[f"{prefix}_p"], "r": scores[f"{prefix}_r"], "f": scores[f"{prefix}_f"],
@@ -162,7 +162,8 @@ def write_accuracy_md(report: Dict[str, Any], path: Path) -> None:
     lines = [
         f"# Long documents: span F1 and time per method ({report['date']}, {report['machine']})", "",
         f"Docs of consecutive sentences of `{report['data']}` lines {report['lines'][0]}:{report['lines'][1]}; "
-        f"default CoNLL-03 adapter. Command: `{report['command']}`", "",
+        "default CoNLL-03 adapter unless the method says context-trained (`" + str(report.get("trained")) + "`). Commands: "
+        + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", report["command"]) for r in report["results"].values())), "",
         "| method | sentences/doc | docs | tokens/doc (median) | docs within the window | P | R | **F** | s | ms/word |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
