@@ -38,9 +38,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import date
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import spacy
 from spacy.language import Language
@@ -150,7 +151,7 @@ def accuracy(args: argparse.Namespace) -> None:
                 "fits_window": None if not memory else sum(t <= memory.n_local for t in tokens),
                 "p": scores[f"{prefix}_p"], "r": scores[f"{prefix}_r"], "f": scores[f"{prefix}_f"],
                 "seconds": seconds, "ms_per_word": 1000 * seconds / sum(len(eg.reference) for eg in examples),
-                "fallbacks": dict(sum((__import__("collections").Counter(d._.padellm["fallbacks"]) for d in docs), __import__("collections").Counter())),
+                "fallbacks": dict(sum((Counter(d._.padellm["fallbacks"]) for d in docs), Counter())),
             }
             print(key, f"F {100 * scores[f'{prefix}_f']:.2f}", f"{seconds:.0f} s", file=sys.stderr, flush=True)
             out.write_text(json.dumps(report, indent=2))

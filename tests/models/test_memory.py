@@ -16,7 +16,6 @@ from spacy_padellm.decoding import stop_token_ids
 from spacy_padellm.engine import BranchDecoder
 from spacy_padellm.errors import Errors
 from spacy_padellm.memory.settings import InfLLMSettings, make_infllm_memory
-from spacy_padellm.prompt import prompt_text
 
 from ..conftest import MEMORIZED, make_nlp
 
