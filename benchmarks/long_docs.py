@@ -34,41 +34,26 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from spacy.language import Language
 from spacy.scorer import Scorer
-from spacy.tokens import Doc, Span
+from spacy.tokens import Doc
 from spacy.training import Example
 
 sys.path.insert(0, str(Path(__file__).parent))
 import systems  # noqa: E402
+from joined_docs import joined_reference, read_rows  # noqa: E402
 from line_range import line_range  # noqa: E402
 
-Sentence = Tuple[str, List[Tuple[int, int, str, str]]]
 SOURCES = {"data": "data", "auto": "the senter", "rules": "the rules"}
 
 
-def read_lines(path: Path, start: int, stop: int) -> List[Sentence]:
-    with path.open(encoding="utf8") as f:
-        rows = [json.loads(line) for i, line in enumerate(f) if start <= i < stop]
-    return [(row[0], [tuple(e) for e in row[1:]]) for row in rows]
-
-
-def joined_example(nlp: Language, sentences: Sequence[Sentence], data_sents: bool = False) -> Example:
-    """One doc of the sentences joined by spaces; gold entities by the
-    files' whitespace tokens (end inclusive), shifted to the joined doc.
-    data_sents: the doc's `doc.sents` are the file's sentences (as a senter
-    or parser would set them); otherwise it has none and the component
-    splits it itself."""
-    words: List[str] = []
-    ents: List[Tuple[int, int, str]] = []
-    starts = set()
-    for text, entities in sentences:
-        offset = len(words)
-        starts.add(len(" ".join(words + [""])) if words else 0)
-        words.extend(text.split(" "))
-        ents.extend((offset + s, offset + e + 1, label) for s, e, _, label in entities)
-    reference = Doc(nlp.vocab, words=words)
-    reference.ents = [Span(reference, s, e, label=label) for s, e, label in ents]
+def joined_example(nlp: Language, rows: Sequence[list], data_sents: bool = False) -> Example:
+    """One doc of the rows' sentences joined by spaces, tokenized by the
+    pipeline. data_sents: the doc's `doc.sents` are the file's sentences
+    (as a senter or parser would set them); otherwise it has none and the
+    component splits it itself."""
+    reference = joined_reference(nlp, rows)
     predicted = nlp.make_doc(reference.text)
     if data_sents:
+        starts = {sent.start_char for sent in reference.sents}
         for token in predicted:
             token.is_sent_start = token.idx in starts
     return Example(predicted, reference)
@@ -94,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     budgets: List[Optional[int]] = [int(x) for x in args.segment_tokens.split(",") if x] or [None]
     system = systems.padellm("parallel")
     nlp, pipe = system.nlp, system.padellm_pipe()
-    sentences = read_lines(args.data, *args.lines)
+    sentences = read_rows(args.data, *args.lines)
     block = max(sizes)
     blocks = [sentences[i : i + block] for i in range(0, len(sentences) - block + 1, block)]
     if not blocks:
@@ -108,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for mode in modes for b in budgets for n in sizes
     ]
     totals: Dict[str, Dict[str, Any]] = {v[0]: {"seconds": 0.0, "examples": [], "segments": 0, "docs": 0, "block_seconds": []} for v in variants}
-    words = sum(len(text.split(" ")) for b in blocks for text, _ in b)
+    words = sum(len(row[0].split(" ")) for b in blocks for row in b)
     configured = pipe.cfg["segment_tokens"]
     run(nlp, [joined_example(nlp, blocks[0][:2])], args.batch_size)  # load the model outside the timings
     for k, sents in enumerate(blocks):

@@ -46,10 +46,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import spacy
 from spacy.language import Language
 from spacy.scorer import Scorer
-from spacy.tokens import Doc, Span
+from spacy.tokens import Doc
 from spacy.training import Example
 
 sys.path.insert(0, str(Path(__file__).parent))
+from joined_docs import joined_reference, read_rows  # noqa: E402
 from line_range import line_range  # noqa: E402
 
 MEMORY = {"@misc": "spacy_padellm.InfLLMMemory.v1"}
@@ -81,33 +82,14 @@ def pipeline(path: Optional[Path] = None, **config: Any) -> Language:
     return nlp
 
 
-def read_rows(path: Path, start: int, stop: int) -> List[list]:
-    with path.open(encoding="utf8") as f:
-        return [json.loads(line) for i, line in enumerate(f) if start <= i < stop]
-
-
 def long_doc(nlp: Language, rows: Sequence[list], end_inclusive: bool) -> Example:
-    """One doc of consecutive sentences (see the module docstring)."""
-    words: List[str] = []
-    starts, spans = [], []
-    for row in rows:
-        offset = len(words)
-        starts.append(offset)
-        words.extend(row[0].split(" "))
-        spans.extend((offset + s, offset + e + (1 if end_inclusive else 0), label) for s, e, _, label in row[1:])
-    sent_starts = [False] * len(words)
-    for s in starts:
-        sent_starts[s] = True
-    reference = Doc(nlp.vocab, words=words, sent_starts=sent_starts)
-    gold = [Span(reference, s, e, label=label) for s, e, label in spans]
-    reference.spans["padellm"] = gold
-    flat, used = [], set()
-    for span in sorted(gold, key=lambda sp: (sp.start, -len(sp))):
-        if not used.intersection(range(span.start, span.end)):
-            flat.append(span)
-            used.update(range(span.start, span.end))
-    reference.ents = flat
-    predicted = Doc(nlp.vocab, words=words, sent_starts=sent_starts)
+    """One doc of consecutive sentences (see the module docstring); the
+    predicted doc has the file's tokens and sentences."""
+    reference = joined_reference(nlp, rows, end_inclusive)
+    predicted = Doc(
+        nlp.vocab, words=[t.text for t in reference], spaces=[bool(t.whitespace_) for t in reference],
+        sent_starts=[bool(t.is_sent_start) for t in reference],
+    )
     return Example(predicted, reference)
 
 
@@ -252,7 +234,7 @@ def probe(args: argparse.Namespace) -> None:
                 memory.extend(doc_memory, filler_ids[done:d])
                 done = d
                 view = copy.copy(pipe._decoder)
-                view.engine = BehindMemories(memory, [doc_memory], pipe._decoder.prompts.leading_special)
+                view.engine = BehindMemories(memory, [doc_memory], pipe._decoder.prompts)
                 pred = view([target])[0]
                 results[method][d].append(any(m.text.strip() == name and m.label == label for m in pred.mentions))
         timing[method] = time.perf_counter() - started
@@ -328,7 +310,7 @@ def one_length(args: argparse.Namespace) -> None:
     segment_seconds = []
     for row in rows[3000:3003]:
         view = copy.copy(pipe._decoder)
-        view.engine = BehindMemories(memory, [doc_memory], pipe._decoder.prompts.leading_special)
+        view.engine = BehindMemories(memory, [doc_memory], pipe._decoder.prompts)
         started = time.perf_counter()
         view([" " + row[0]])
         segment_seconds.append(time.perf_counter() - started)
@@ -340,6 +322,7 @@ def one_length(args: argparse.Namespace) -> None:
         "ms_per_token": 1000 * sum(chunk_seconds) / len(ids),
         "chunk_ms_first": 1000 * statistics.median(chunk_seconds[:4]),
         "chunk_ms_last": 1000 * statistics.median(chunk_seconds[-4:]),
+        "chunk_ms": [round(1000 * x, 1) for x in chunk_seconds],
         "segment_ms": 1000 * statistics.median(segment_seconds),
         "rss_loaded_mb": loaded_rss / 2**20,
         "rss_mb": psutil.Process().memory_info().rss / 2**20,

@@ -121,6 +121,16 @@ class PromptTokenizer:
         """Token ids of plain text (no template, no special tokens)."""
         return self._encode(text)
 
+    def after_context(self, prefix: Sequence[int]) -> List[int]:
+        """A prompt prefix as it reads behind preceding context (a long
+        doc's memory, or a training text's `context_sentences`): that
+        context began with the leading special tokens, so the prompt drops
+        them. Training and the memory both build their sequences this way,
+        so that what the model is trained on is what it decodes behind."""
+        cut = len(self._leading_special)
+        prefix = list(prefix)
+        return prefix[cut:] if cut and prefix[:cut] == self._leading_special else prefix
+
     def _encode(self, text: str) -> List[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

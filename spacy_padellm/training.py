@@ -127,8 +127,7 @@ def training_prefix(doc: Doc, prompts: PromptTokenizer) -> List[int]:
     context = doc.user_data.get(CONTEXT_KEY) if doc.user_data else None
     if not context:
         return prefix
-    leading = prompts.leading_special
-    return leading + prompts.tokenize(context) + prefix[len(leading) :]
+    return prompts.leading_special + prompts.tokenize(context) + prompts.after_context(prefix)
 
 
 def fill_rows(items: Sequence[TrainingItem], row_tokens: int = ROW_TOKENS) -> List[List[TrainingItem]]:

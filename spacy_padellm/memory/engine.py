@@ -6,7 +6,7 @@ them. `BehindMemories` is the `backend.Backend` a decoding scheme runs on
 for one batch of segments: the same engine, with each text's prefix behind
 its doc's memory. The schemes do not know about memory at all.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -17,6 +17,9 @@ from .attention import IMPLEMENTATION, register
 from .caches import ContextCache, SegmentContext, StreamCache
 from .settings import InfLLMSettings
 from .store import DocMemory
+
+if TYPE_CHECKING:
+    from ..prompt import PromptTokenizer
 
 # Architectures whose attention rotates queries and keys with transformers'
 # Llama rotary code (`rotate_half`) and nothing else (no sliding layers, no
@@ -107,25 +110,21 @@ class BehindMemories:
     the tokenizer's leading special tokens, which the memory's stream
     began with."""
 
-    def __init__(self, memory: TorchMemory, memories: Sequence[DocMemory], leading: Sequence[int]) -> None:
+    def __init__(self, memory: TorchMemory, memories: Sequence[DocMemory], prompts: "PromptTokenizer") -> None:
         self.memory = memory
         self.engine = memory.engine
         self.memories = list(memories)
-        self.leading = list(leading)
+        self.prompts = prompts
         self.plain = all(m.empty for m in self.memories)
 
     def __getattr__(self, name: str) -> Any:  # pad_id, stop_ids, device, tokenize, ...
         return getattr(self.engine, name)
 
     def _behind(self, prefixes: Sequence[Sequence[int]]) -> List[List[int]]:
-        cut = len(self.leading)
-        out = []
-        for memory, prefix in zip(self.memories, prefixes):
-            prefix = list(prefix)
-            if not memory.empty and cut and prefix[:cut] == self.leading:
-                prefix = prefix[cut:]
-            out.append(prefix)
-        return out
+        return [
+            list(prefix) if memory.empty else self.prompts.after_context(prefix)
+            for memory, prefix in zip(self.memories, prefixes)
+        ]
 
     def encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> Any:
         if self.plain:

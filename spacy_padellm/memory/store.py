@@ -17,7 +17,7 @@ when a block forms, the `repr_topk` tokens with the most attention are its
 representative keys (their mean, per head), which retrieval scores.
 """
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -162,6 +162,13 @@ class LayerStore:
         self._cached.move_to_end(i)
         return hit
 
+    def snapshot(self) -> "LayerStore":
+        """This layer as it is now, unchanged by later appends: every tensor
+        here is replaced, never written in place, and blocks are only
+        appended, so the snapshot shares all of them (and the device
+        cache, keyed by block index) and copies only the lists."""
+        return replace(self, blocks=list(self.blocks), reprs=list(self.reprs))
+
     def nbytes(self) -> Dict[str, int]:
         """Bytes held: the blocks (CPU RAM when the model is on a GPU), and the
         initial tokens, buffer and representative keys."""
@@ -187,6 +194,16 @@ class DocMemory:
     @property
     def empty(self) -> bool:
         return self.tokens == 0
+
+    def snapshot(self) -> "DocMemory":
+        """The memory as it is now, for a segment decoded later while this
+        one streams on. It shares the blocks; what it holds alone is the
+        buffer (the window and the remainder) once the live memory has
+        moved past it."""
+        copy = DocMemory.__new__(DocMemory)
+        copy.settings, copy.rotary, copy.tokens = self.settings, self.rotary, self.tokens
+        copy.layers = [layer.snapshot() for layer in self.layers]
+        return copy
 
     def nbytes(self) -> Dict[str, int]:
         total = {"blocks": 0, "other": 0}

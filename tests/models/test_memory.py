@@ -275,3 +275,51 @@ def test_memory_settings_survive_saving_and_loading(tiny_model_dir, tmp_path):
     assert loaded.memory_settings == InfLLMSettings(n_local=24, topk=3, exec_chunk=8)
     off = spacy.load(tmp_path / "pipeline", config={"components": {"padellm_ner": {"memory": None}}})
     assert off.get_pipe("padellm_ner").memory_settings is None
+
+
+def test_a_snapshot_keeps_what_the_memory_held(engine):
+    """Streaming on after a snapshot (blocks forming, the window moving)
+    leaves the snapshot's tensors and blocks as they were."""
+    memory = engine.memory(InfLLMSettings(n_local=16, topk=1, **SMALL))
+    doc_memory = memory.new()
+    memory.extend(doc_memory, _random_ids(40, seed=1))
+    before = doc_memory.snapshot()
+    held = [(len(l.blocks), l.init_k.clone(), l.buf_k.clone(), l.buf_score.clone()) for l in before.layers]
+    memory.extend(doc_memory, _random_ids(40, seed=2))
+    assert len(doc_memory.layers[0].blocks) > held[0][0] and doc_memory.tokens == before.tokens + 40
+    for layer, (blocks, init_k, buf_k, buf_score) in zip(before.layers, held):
+        assert len(layer.blocks) == len(layer.reprs) == blocks
+        assert torch.equal(layer.init_k, init_k) and torch.equal(layer.buf_k, buf_k)
+        assert torch.equal(layer.buf_score, buf_score)
+
+
+def test_one_long_doc_fills_a_batch_with_its_next_segments(memorized_model_dir, monkeypatch):
+    """A doc alone decodes several of its segments per batch, each behind a
+    snapshot of the memory before it, and gets what it gets one segment at
+    a time, with blocks forming and retrieved."""
+    from spacy_padellm.memory import documents
+    from spacy_padellm.memory.documents import StreamedSegment, decode_behind_memory
+
+    nlp = _memory_nlp(memorized_model_dir, n_local=16, exec_chunk=8, n_init=4, block_size=8, topk=1, repr_topk=2)
+    pipe = nlp.get_pipe("padellm_ner")
+    nlp("warm up")
+    texts = [text for text, _ in MEMORIZED] * 3
+    segments = [StreamedSegment(t, (" " if k else "") + t) for k, t in enumerate(texts)]
+    batches = []
+    real = documents.BehindMemories
+
+    def counted(memory, memories, prompts):
+        batches.append(len(memories))
+        return real(memory, memories, prompts)
+
+    monkeypatch.setattr(documents, "BehindMemories", counted)
+    one_by_one = decode_behind_memory(pipe._decoder, pipe._memory, [segments], batch_size=1)[0]
+    assert batches == [1] * len(texts)
+    batches.clear()
+    batched = decode_behind_memory(pipe._decoder, pipe._memory, [segments], batch_size=4)[0]
+    assert batches == [1, 4, 4]  # the first segment reads nothing and runs alone
+    assert any(p.mentions for p in batched)
+    for got, want in zip(batched, one_by_one):
+        assert got.counts == want.counts
+        assert [(m.label, m.n, m.text) for m in got.mentions] == [(m.label, m.n, m.text) for m in want.mentions]
+        assert [m.score for m in got.mentions] == pytest.approx([m.score for m in want.mentions], rel=1e-3)
