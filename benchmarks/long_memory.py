@@ -272,8 +272,9 @@ def scaling(args: argparse.Namespace) -> None:
     for length in [int(x) for x in args.lengths.split(",")]:
         if str(length) in report["rows"]:
             continue
+        extra = ["--max-seconds", str(args.max_seconds)] if args.max_seconds else []
         done = subprocess.run(
-            [sys.executable, __file__, "one-length", str(length), "--data", str(args.data)],
+            [sys.executable, __file__, "one-length", str(length), "--data", str(args.data), *extra],
             capture_output=True, text=True, check=True,
         )
         report["rows"][str(length)] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -303,10 +304,14 @@ def one_length(args: argparse.Namespace) -> None:
     doc_memory = memory.new()
     chunk = memory.settings.exec_chunk
     chunk_seconds = []
+    streamed = 0
     for begin in range(0, len(ids), chunk):
+        if args.max_seconds and sum(chunk_seconds) > args.max_seconds:
+            break  # the row then reports the tokens streamed so far
         started = time.perf_counter()
         memory.extend(doc_memory, ids[begin : begin + chunk])
         chunk_seconds.append(time.perf_counter() - started)
+        streamed = begin + len(ids[begin : begin + chunk])
     segment_seconds = []
     for row in rows[3000:3003]:
         view = copy.copy(pipe._decoder)
@@ -317,9 +322,10 @@ def one_length(args: argparse.Namespace) -> None:
     nbytes = doc_memory.nbytes()
     s = memory.settings
     print(json.dumps({
-        "tokens": len(ids),
+        "tokens": streamed,
+        "target_tokens": args.length,
         "stream_seconds": sum(chunk_seconds),
-        "ms_per_token": 1000 * sum(chunk_seconds) / len(ids),
+        "ms_per_token": 1000 * sum(chunk_seconds) / streamed,
         "chunk_ms_first": 1000 * statistics.median(chunk_seconds[:4]),
         "chunk_ms_last": 1000 * statistics.median(chunk_seconds[-4:]),
         "chunk_ms": [round(1000 * x, 1) for x in chunk_seconds],
@@ -342,12 +348,13 @@ def write_scaling_md(report: Dict[str, Any], path: Path) -> None:
         "One doc of CoNLL-03 dev text streamed into the InfLLM memory (defaults: n_init 128, n_local 1,024, "
         "blocks of 128, topk 16, repr_topk 4, chunks of 512), each length in a fresh process; then three "
         f"sentences decoded behind it (PaDeLLM, default adapter). Command: `{report['command']}`", "",
-        "| tokens | stream s | ms/token | chunk ms (first / last) | segment ms | RSS MB (loaded / after) | peak RSS MB | blocks MB | bytes/token in blocks | keys per query |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| tokens | stream s | ms/token | chunk ms (first / last) | chunk s, median per quarter of the doc | segment ms | RSS MB (loaded / after) | peak RSS MB | blocks MB | bytes/token in blocks | keys per query |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['tokens']:,} | {r['stream_seconds']:.1f} | {r['ms_per_token']:.2f} | {r['chunk_ms_first']:.0f} / {r['chunk_ms_last']:.0f} | "
+            f"| {_tokens(r)} | {r['stream_seconds']:.1f} | {r['ms_per_token']:.2f} | {r['chunk_ms_first']:.0f} / {r['chunk_ms_last']:.0f} | "
+            f"{_quarters(r.get('chunk_ms'))} | "
             f"{r['segment_ms']:.0f} | {r['rss_loaded_mb']:.0f} / {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['block_mb']:.0f} | "
             f"{r['block_bytes_per_token']:,.0f} | {r['keys_per_query']:,} |"
         )
@@ -357,7 +364,7 @@ def write_scaling_md(report: Dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (left, right, chunks) = plt.subplots(1, 3, figsize=(13, 3.5))
     xs = [r["tokens"] for r in rows]
     left.plot(xs, [r["peak_rss_mb"] for r in rows], "o-", label="peak RSS")
     left.plot(xs, [r["block_mb"] for r in rows], "s--", label="blocks in RAM")
@@ -372,10 +379,31 @@ def write_scaling_md(report: Dict[str, Any], path: Path) -> None:
     right.set_yscale("log")
     right.set_xlabel("doc tokens")
     right.legend(fontsize=8)
+    for r in rows:
+        if r.get("chunk_ms"):
+            chunks.plot([(k + 1) * 512 for k in range(len(r["chunk_ms"]))], [ms / 1000 for ms in r["chunk_ms"]], ".-", label=f"{r['tokens']:,} tokens")
+    chunks.set_xlabel("tokens streamed")
+    chunks.set_ylabel("s per chunk of 512")
+    chunks.legend(fontsize=8)
     fig.suptitle("InfLLM memory: memory and time against length", fontsize=9)
     fig.tight_layout()
     fig.savefig(path.with_suffix(".png"), dpi=120)
     plt.close(fig)
+
+
+def _tokens(row: Dict[str, Any]) -> str:
+    target = row.get("target_tokens", row["tokens"])
+    return f"{row['tokens']:,}" if row["tokens"] >= target else f"{row['tokens']:,} of {target:,} (stopped for time)"
+
+
+def _quarters(chunk_ms: Optional[List[float]]) -> str:
+    """Median chunk seconds in each quarter of the doc: flat once `topk`
+    blocks exist, if the working set is bounded."""
+    if not chunk_ms or len(chunk_ms) < 4:
+        return "–"
+    q = len(chunk_ms) / 4
+    parts = [chunk_ms[round(i * q) : round((i + 1) * q)] for i in range(4)]
+    return " / ".join(f"{statistics.median(part) / 1000:.1f}" for part in parts)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -398,10 +426,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     sc = sub.add_parser("scaling")
     sc.add_argument("--data", type=Path, default=Path("../shared/data/conll03/dev.jsonl"))
     sc.add_argument("--lengths", default="2048,8192,32768,131072")
+    sc.add_argument("--max-seconds", type=float, default=None, help="stop streaming a length after this many seconds (its row says how far it got)")
     sc.add_argument("--out", required=True)
     one = sub.add_parser("one-length")
     one.add_argument("length", type=int)
     one.add_argument("--data", type=Path, required=True)
+    one.add_argument("--max-seconds", type=float, default=None)
     args = parser.parse_args(argv)
     {"accuracy": accuracy, "probe": probe, "scaling": scaling, "one-length": one_length}[args.part](args)
 
