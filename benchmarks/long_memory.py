@@ -342,7 +342,7 @@ def one_length(args: argparse.Namespace) -> None:
 
 
 def write_scaling_md(report: Dict[str, Any], path: Path) -> None:
-    rows = sorted(report["rows"].values(), key=lambda r: r["tokens"])
+    rows = sorted(report["rows"].values(), key=lambda r: r.get("target_tokens", r["tokens"]))
     lines = [
         f"# Long-document memory against doc length ({report['date']}, {report['machine']})", "",
         "One doc of CoNLL-03 dev text streamed into the InfLLM memory (defaults: n_init 128, n_local 1,024, "
