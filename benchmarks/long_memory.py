@@ -106,10 +106,10 @@ def accuracy(args: argparse.Namespace) -> None:
     })
     methods = [m for m in METHODS if not args.methods or m[:3] in args.methods.split(",")]
     if args.trained:
-        report["trained"] = str(args.trained)
+        report.setdefault("trained", {})[args.trained_label] = str(args.trained)
     for method in methods:
         nlp = None
-        name = f"{method}, context-trained" if args.trained else method
+        name = f"{method}, {args.trained_label}" if args.trained else method
         for n in sizes:
             key = f"{name} | {n}"
             if key in report["results"]:
@@ -145,7 +145,8 @@ def write_accuracy_md(report: Dict[str, Any], path: Path) -> None:
     lines = [
         f"# Long documents: span F1 and time per method ({report['date']}, {report['machine']})", "",
         f"Docs of consecutive sentences of `{report['data']}` lines {report['lines'][0]}:{report['lines'][1]}; "
-        "default CoNLL-03 adapter unless the method says context-trained (`" + str(report.get("trained")) + "`). Commands: "
+        "default CoNLL-03 adapter unless the method names a trained pipeline ("
+        + "; ".join(f"{label}: `{path}`" for label, path in _trained(report).items()) + "). Commands: "
         + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", report["command"]) for r in report["results"].values())), "",
         "| method | sentences/doc | docs | tokens/doc (median) | docs within the window | P | R | **F** | s | ms/word |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -156,8 +157,16 @@ def write_accuracy_md(report: Dict[str, Any], path: Path) -> None:
             f"| {r['method']} | {r['sentences_per_doc']} | {r['docs']} | {r['tokens_per_doc']:.0f} | {fits} | "
             f"{100 * r['p']:.2f} | {100 * r['r']:.2f} | **{100 * r['f']:.2f}** | {r['seconds']:.0f} | {r['ms_per_word']:.1f} |"
         )
+    for note in report.get("notes", []):  # what the figures alone do not say (machine load, selection)
+        lines += ["", note]
     path.write_text("\n".join(lines) + "\n")
     plot_accuracy(report, path.with_suffix(".png"))
+
+
+def _trained(report: Dict[str, Any]) -> Dict[str, str]:
+    """Label -> path of each trained pipeline (older reports kept one path)."""
+    trained = report.get("trained") or {}
+    return {"context-trained": trained} if isinstance(trained, str) else trained
 
 
 def plot_accuracy(report: Dict[str, Any], path: Path) -> None:
@@ -212,19 +221,24 @@ def probe(args: argparse.Namespace) -> None:
     distances = [int(x) for x in args.distances.split(",")]
     results: Dict[str, Dict[int, List[bool]]] = {}
     timing: Dict[str, float] = {}
-    for method in ("(a) sentences", "(b) windows", "(c) sinks + window", "(d) InfLLM"):
-        nlp = pipeline(**METHODS[method])
+    chosen = [m for m in ("(a) sentences", "(b) windows", "(c) sinks + window", "(d) InfLLM")
+              if not args.methods or m[:3] in args.methods.split(",")]
+    for method in chosen:
+        nlp = pipeline(args.trained, **METHODS[method])
         pipe = nlp.get_pipe("padellm_ner")
         engine = pipe._decoder.engine
         filler_ids = engine.tokenize(" " + filler)
+        if args.trained:
+            method = f"{method}, {args.trained_label}"
         results[method] = {d: [] for d in distances}
         started = time.perf_counter()
         for cue, target, name, label in PROBES:
             if pipe._memory is None:
                 for d in distances:
                     text = cue + engine.detokenize(filler_ids[:d]) + " " + target
-                    doc = nlp(text if method == "(b) windows" else target)
-                    results[method][d].append(_labelled(doc, len(text) - len(target) if method == "(b) windows" else 0, name, label))
+                    windows = method.startswith("(b) windows")
+                    doc = nlp(text if windows else target)
+                    results[method][d].append(_labelled(doc, len(text) - len(target) if windows else 0, name, label))
                 continue
             memory = pipe._memory
             doc_memory = memory.new()
@@ -240,17 +254,23 @@ def probe(args: argparse.Namespace) -> None:
         timing[method] = time.perf_counter() - started
         print(method, {d: sum(v) for d, v in results[method].items()}, file=sys.stderr, flush=True)
         del nlp
-    report = {
-        "date": str(date.today()), "machine": machine(), "command": " ".join(sys.argv), "probes": PROBES,
-        "distances": distances, "accuracy": {m: {str(d): sum(v) / len(v) for d, v in r.items()} for m, r in results.items()},
-        "seconds": timing,
-    }
-    Path(f"{args.out}_probe.json").write_text(json.dumps(report, indent=2))
+    out = Path(f"{args.out}_probe.json")
+    report = json.loads(out.read_text()) if out.exists() else {"accuracy": {}, "seconds": {}, "commands": {}}
+    if report.get("distances", distances) != distances:
+        report = {"accuracy": {}, "seconds": {}, "commands": {}}  # rows of other distances do not share a table
+    report.update({"date": str(date.today()), "machine": machine(), "probes": PROBES, "distances": distances})
+    for method, r in results.items():  # a run of some methods keeps the other rows
+        report["accuracy"][method] = {str(d): sum(v) / len(v) for d, v in r.items()}
+        report["seconds"][method] = timing[method]
+        report.setdefault("commands", {})[method] = " ".join(sys.argv)
+    timing = report["seconds"]
+    out.write_text(json.dumps(report, indent=2))
+    commands = dict.fromkeys(report["commands"].get(m, report.get("command", "")) for m in report["accuracy"])
     lines = [
         f"# Retrieval probe ({report['date']}, {report['machine']})", "",
         f"{len(PROBES)} entities introduced once with a cue (\"The company Jordan Ltd ...\") and mentioned again "
         "after N tokens of CoNLL-03 dev filler without the cue (\"Jordan said ...\"). Accuracy: the later mention "
-        f"found with the cue's label. Command: `{report['command']}`", "",
+        "found with the cue's label. Commands: " + "; ".join(f"`{c}`" for c in commands), "",
         "| method | " + " | ".join(f"{d} tokens" for d in distances) + " | s |",
         "| --- |" + " ---: |" * (len(distances) + 1),
     ]
@@ -294,7 +314,8 @@ def one_length(args: argparse.Namespace) -> None:
     pipe = nlp.get_pipe("padellm_ner")
     memory, engine = pipe._memory, pipe._decoder.engine
     rows = read_rows(args.data, 0, 10**9)
-    loaded_rss = psutil.Process().memory_info().rss
+    process = psutil.Process()
+    loaded_rss = process.memory_info().rss
     ids: List[int] = []
     k = 0
     while len(ids) < args.length:
@@ -303,7 +324,8 @@ def one_length(args: argparse.Namespace) -> None:
     ids = ids[: args.length]
     doc_memory = memory.new()
     chunk = memory.settings.exec_chunk
-    chunk_seconds = []
+    chunk_seconds: List[float] = []
+    chunk_rss: List[int] = []  # after each chunk: growth beyond the blocks shows here, not only in the peak
     streamed = 0
     for begin in range(0, len(ids), chunk):
         if args.max_seconds and sum(chunk_seconds) > args.max_seconds:
@@ -311,6 +333,7 @@ def one_length(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         memory.extend(doc_memory, ids[begin : begin + chunk])
         chunk_seconds.append(time.perf_counter() - started)
+        chunk_rss.append(process.memory_info().rss)
         streamed = begin + len(ids[begin : begin + chunk])
     segment_seconds = []
     for row in rows[3000:3003]:
@@ -329,9 +352,10 @@ def one_length(args: argparse.Namespace) -> None:
         "chunk_ms_first": 1000 * statistics.median(chunk_seconds[:4]),
         "chunk_ms_last": 1000 * statistics.median(chunk_seconds[-4:]),
         "chunk_ms": [round(1000 * x, 1) for x in chunk_seconds],
+        "chunk_rss_mb": [round(x / 2**20) for x in chunk_rss],
         "segment_ms": 1000 * statistics.median(segment_seconds),
         "rss_loaded_mb": loaded_rss / 2**20,
-        "rss_mb": psutil.Process().memory_info().rss / 2**20,
+        "rss_mb": process.memory_info().rss / 2**20,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "block_mb": nbytes["blocks"] / 2**20,
         "other_mb": nbytes["other"] / 2**20,
@@ -368,6 +392,9 @@ def write_scaling_md(report: Dict[str, Any], path: Path) -> None:
     xs = [r["tokens"] for r in rows]
     left.plot(xs, [r["peak_rss_mb"] for r in rows], "o-", label="peak RSS")
     left.plot(xs, [r["block_mb"] for r in rows], "s--", label="blocks in RAM")
+    for r in rows:
+        if r.get("chunk_rss_mb"):  # RSS after each chunk: a leak or fragmentation shows as a steeper line
+            left.plot([(k + 1) * 512 for k in range(len(r["chunk_rss_mb"]))], r["chunk_rss_mb"], ":", linewidth=1, label=f"RSS while streaming {r['tokens']:,}")
     left.set_xscale("log")
     left.set_xlabel("doc tokens")
     left.set_ylabel("MB")
@@ -417,12 +444,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     acc.add_argument("--end-exclusive", dest="end_inclusive", action="store_false", help="genia: end indices exclusive")
     acc.add_argument("--spans", action="store_true", help="score the span group (nested data) instead of doc.ents")
     acc.add_argument("--trained", type=Path, default=None, help="a saved pipeline (e.g. trained with preceding context) instead of the default")
+    acc.add_argument("--trained-label", default="context-trained", help="how the rows of --trained are named")
     acc.add_argument("--out", required=True)
     pr = sub.add_parser("probe")
     pr.add_argument("data", type=Path)
     pr.add_argument("--lines", type=line_range, default=(1000, 1400))
     pr.add_argument("--distances", default="0,256,1024,4096")
     pr.add_argument("--out", required=True)
+    pr.add_argument("--methods", default="", help="e.g. (a),(d): a subset of the methods")
+    pr.add_argument("--trained", type=Path, default=None, help="a saved pipeline instead of the default")
+    pr.add_argument("--trained-label", default="context-trained", help="how the rows of --trained are named")
     sc = sub.add_parser("scaling")
     sc.add_argument("--data", type=Path, default=Path("../shared/data/conll03/dev.jsonl"))
     sc.add_argument("--lengths", default="2048,8192,32768,131072")

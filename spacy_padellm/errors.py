@@ -145,6 +145,8 @@ class Errors(metaclass=ErrorsWithCodes):
              "only, got {decoding!r}.")
     E2105 = ("`context_sentences` must be a whole number of 0 or more (the lines "
              "before each text that its prompt follows in training), got {value!r}.")
+    E2106 = ("`context_share` must be a number from 0 to 1 (the share of training "
+             "texts that get their preceding context), got {value!r}.")
     E2040 = ("zero_count_penalty must be a number of 0 or more (a log-probability "
             "subtracted from count 0 when a label's count is chosen), got {value!r}. "
             "0 turns it off; larger values predict more entities.")

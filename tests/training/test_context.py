@@ -1,6 +1,7 @@
 """Training with preceding context: each text's prompt follows the lines
 before it, as the long-document memory puts the text before a segment."""
 import json
+import random
 
 import pytest
 from transformers import AutoTokenizer
@@ -58,3 +59,26 @@ def test_training_step_with_context(corpus_file, tiny_model_dir):
 def test_bad_context_sentences_is_refused(corpus_file):
     with pytest.raises(ValueError, match="context_sentences"):
         make_jsonl_corpus(corpus_file, context_sentences=-1)
+
+
+def test_context_share_gives_context_to_that_share_of_the_texts(tmp_path, tiny_model_dir):
+    path = tmp_path / "many.jsonl"
+    path.write_text("\n".join(json.dumps([f"Line {i} ."]) for i in range(201)), encoding="utf8")
+    nlp = make_nlp(tiny_model_dir)
+
+    def with_context(share: float) -> int:
+        random.seed(0)
+        examples = list(make_jsonl_corpus(path, context_sentences=2, context_share=share)(nlp))
+        assert len(examples) == 201  # a text without context is still trained on
+        return sum(CONTEXT_KEY in eg.reference.user_data for eg in examples)
+
+    assert with_context(1.0) == 200
+    assert with_context(0.0) == 0
+    assert 70 < with_context(0.5) < 130
+    assert with_context(0.5) == with_context(0.5)  # `spacy train` seeds the draw
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, True, "half"])
+def test_bad_context_share_is_refused(corpus_file, share):
+    with pytest.raises(ValueError, match="context_share"):
+        make_jsonl_corpus(corpus_file, context_sentences=2, context_share=share)
