@@ -64,6 +64,18 @@ METHODS: Dict[str, Dict[str, Any]] = {
 }
 
 
+def selected(methods: Sequence[str], spec: str) -> List[str]:
+    """The methods that `spec` ("(a),(d)") names by their letter; all of them when empty."""
+    return [m for m in methods if not spec or m[:3] in spec.split(",")]
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """--methods, and --trained with the label of its rows (accuracy and probe alike)."""
+    parser.add_argument("--methods", default="", help="e.g. (a),(d): a subset of the methods")
+    parser.add_argument("--trained", type=Path, default=None, help="a saved pipeline (e.g. trained with preceding context) instead of the default")
+    parser.add_argument("--trained-label", default="context-trained", help="how the rows of --trained are named")
+
+
 def machine() -> str:
     import os
 
@@ -104,7 +116,7 @@ def accuracy(args: argparse.Namespace) -> None:
         "date": str(date.today()), "machine": machine(), "data": str(args.data), "lines": list(args.lines),
         "command": " ".join(sys.argv),
     })
-    methods = [m for m in METHODS if not args.methods or m[:3] in args.methods.split(",")]
+    methods = selected(METHODS, args.methods)
     if args.trained:
         report.setdefault("trained", {})[args.trained_label] = str(args.trained)
     for method in methods:
@@ -164,9 +176,8 @@ def write_accuracy_md(report: Dict[str, Any], path: Path) -> None:
 
 
 def _trained(report: Dict[str, Any]) -> Dict[str, str]:
-    """Label -> path of each trained pipeline (older reports kept one path)."""
-    trained = report.get("trained") or {}
-    return {"context-trained": trained} if isinstance(trained, str) else trained
+    """Label -> path of each trained pipeline."""
+    return report.get("trained") or {}
 
 
 def plot_accuracy(report: Dict[str, Any], path: Path) -> None:
@@ -221,8 +232,7 @@ def probe(args: argparse.Namespace) -> None:
     distances = [int(x) for x in args.distances.split(",")]
     results: Dict[str, Dict[int, List[bool]]] = {}
     timing: Dict[str, float] = {}
-    chosen = [m for m in ("(a) sentences", "(b) windows", "(c) sinks + window", "(d) InfLLM")
-              if not args.methods or m[:3] in args.methods.split(",")]
+    chosen = selected(("(a) sentences", "(b) windows", "(c) sinks + window", "(d) InfLLM"), args.methods)
     for method in chosen:
         nlp = pipeline(args.trained, **METHODS[method])
         pipe = nlp.get_pipe("padellm_ner")
@@ -440,20 +450,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     acc.add_argument("data", type=Path)
     acc.add_argument("--lines", type=line_range, default=(500, 900))
     acc.add_argument("--sizes", default="50,200")
-    acc.add_argument("--methods", default="", help="e.g. (a),(d): a subset of the methods")
     acc.add_argument("--end-exclusive", dest="end_inclusive", action="store_false", help="genia: end indices exclusive")
     acc.add_argument("--spans", action="store_true", help="score the span group (nested data) instead of doc.ents")
-    acc.add_argument("--trained", type=Path, default=None, help="a saved pipeline (e.g. trained with preceding context) instead of the default")
-    acc.add_argument("--trained-label", default="context-trained", help="how the rows of --trained are named")
+    add_method_arguments(acc)
     acc.add_argument("--out", required=True)
     pr = sub.add_parser("probe")
     pr.add_argument("data", type=Path)
     pr.add_argument("--lines", type=line_range, default=(1000, 1400))
     pr.add_argument("--distances", default="0,256,1024,4096")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--methods", default="", help="e.g. (a),(d): a subset of the methods")
-    pr.add_argument("--trained", type=Path, default=None, help="a saved pipeline instead of the default")
-    pr.add_argument("--trained-label", default="context-trained", help="how the rows of --trained are named")
+    add_method_arguments(pr)
     sc = sub.add_parser("scaling")
     sc.add_argument("--data", type=Path, default=Path("../shared/data/conll03/dev.jsonl"))
     sc.add_argument("--lengths", default="2048,8192,32768,131072")
