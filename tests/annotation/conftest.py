@@ -1,7 +1,8 @@
 """Pipelines and corpora for the `annotate` tests: the memorizing tiny
 model saved to disk (its entities are known), and the same pipeline with a
 component from a `--code` file that slows every doc down (so a run can be
-interrupted half way) and raises on a doc that contains BOOM."""
+interrupted half way), raises on a doc that contains BOOM, and can kill the
+Ray actor that runs it at a given doc (ANNOTATE_TEST_KILL_AT)."""
 import json
 from pathlib import Path
 from typing import List
@@ -11,15 +12,38 @@ import pytest
 from tests.conftest import MEMORIZED
 
 CODE = '''
-import os, time
+import os, signal, time
 from spacy.language import Language
+
+seen = 0
 
 @Language.component("annotate_test_slow")
 def slow(doc):
+    global seen
     if "BOOM" in doc.text:
         raise ValueError("this doc says BOOM")
     time.sleep(float(os.environ.get("ANNOTATE_TEST_DELAY", "0")))
+    seen += 1
+    kill_at = int(os.environ.get("ANNOTATE_TEST_KILL_AT", "0"))
+    if kill_at and seen == kill_at and in_ray_actor():
+        die_once(os.environ["ANNOTATE_TEST_KILL_MARKER"])
     return doc
+
+def in_ray_actor():
+    with open("/proc/self/cmdline", "rb") as f:
+        return f.read().startswith(b"ray::")
+
+def die_once(marker):
+    """The first Ray actor to reach its kill_at-th doc writes its pid to
+    `marker` and kills itself there, half way through a batch; the others
+    (and the restarted actor, which finds the marker) go on."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
 '''
 
 
