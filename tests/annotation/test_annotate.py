@@ -134,7 +134,17 @@ def test_n_process_gives_the_single_process_output(tmp_path, saved_pipeline):
     write_corpus(tmp_path / "in.jsonl", 6)
     run(tmp_path, saved_pipeline, tmp_path / "one.jsonl", shard_size=2)
     run(tmp_path, saved_pipeline, tmp_path / "two.jsonl", shard_size=2, n_process=2)
-    assert read_jsonl([tmp_path / "two.jsonl"]) == read_jsonl([tmp_path / "one.jsonl"])
+    one, two = read_jsonl([tmp_path / "one.jsonl"]), read_jsonl([tmp_path / "two.jsonl"])
+    # Same docs, same spans; a score may differ in its last written digit
+    # (0.472049 against 0.47205): a forked process computes with one torch
+    # thread, so its sums run in another order.
+    assert [without_scores(r) for r in two] == [without_scores(r) for r in one]
+    for a, b in zip(one, two):
+        assert [e["score"] for e in b["entities"]] == pytest.approx([e["score"] for e in a["entities"]], abs=1e-4)
+
+
+def without_scores(record: dict) -> dict:
+    return {**record, "entities": [{k: v for k, v in e.items() if k != "score"} for e in record["entities"]]}
 
 
 def test_cli_passes_config_overrides_and_refuses_bad_ones(tmp_path, saved_pipeline, capsys):
