@@ -14,6 +14,7 @@ from tests.conftest import MEMORIZED
 CODE = '''
 import os, signal, time
 from spacy.language import Language
+from spacy_padellm.annotation.ray_runner import actor_pids
 
 seen = 0
 
@@ -25,13 +26,9 @@ def slow(doc):
     time.sleep(float(os.environ.get("ANNOTATE_TEST_DELAY", "0")))
     seen += 1
     kill_at = int(os.environ.get("ANNOTATE_TEST_KILL_AT", "0"))
-    if kill_at and seen == kill_at and in_ray_actor():
+    if kill_at and seen == kill_at and os.getpid() in actor_pids():
         die_once(os.environ["ANNOTATE_TEST_KILL_MARKER"])
     return doc
-
-def in_ray_actor():
-    with open("/proc/self/cmdline", "rb") as f:
-        return f.read().startswith(b"ray::")
 
 def die_once(marker):
     """The first Ray actor to reach its kill_at-th doc writes its pid to
