@@ -62,6 +62,11 @@ SENTENCE_SPLITS = ("auto", "rules")
 _SENTENCE_MODEL_LOCK = threading.Lock()
 SENTER_CHUNK = 4096
 SENTER_MARGIN = 16
+# A token starts a sentence where the senter gives it at least this
+# probability (0.5: the argmax). Lower ones find few more starts on CoNLL-03
+# dev 0-499, where the senter misses table rows with confidence
+# (`benchmarks/senter_threshold.py`).
+SENTER_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -129,16 +134,17 @@ def sentences(doc: Doc, split: str = "auto") -> List[Tuple[int, int]]:
     return _rule_sentences(doc)
 
 
-def sentence_model() -> Optional[Callable[[Doc], List[int]]]:
+def sentence_model() -> Optional[Callable[..., List[int]]]:
     """The shipped senter as a function from a doc to the indices of the
-    tokens that start a sentence (the doc is not changed); None when the
-    package was installed without it."""
+    tokens that start a sentence (the doc is not changed; `threshold`, the
+    least probability of a start, defaults to SENTER_THRESHOLD); None when
+    the package was installed without it."""
     with _SENTENCE_MODEL_LOCK:  # threads on a cold start load it once
         return _load_sentence_model(SENTENCE_MODEL)
 
 
 @lru_cache(maxsize=None)
-def _load_sentence_model(path: Path) -> Optional[Callable[[Doc], List[int]]]:
+def _load_sentence_model(path: Path) -> Optional[Callable[..., List[int]]]:
     if not (path / "config.cfg").exists():
         return None
     import spacy
@@ -146,7 +152,8 @@ def _load_sentence_model(path: Path) -> Optional[Callable[[Doc], List[int]]]:
     senter = spacy.load(path).get_pipe("senter")
     start = list(senter.labels).index("S")
 
-    def starts(doc: Doc) -> List[int]:
+    def starts(doc: Doc, threshold: Optional[float] = None) -> List[int]:
+        least = SENTER_THRESHOLD if threshold is None else threshold
         # In chunks, so that a 200,000-word doc needs no more memory than a
         # short one; each chunk has SENTER_MARGIN tokens of context on each
         # side (more than the CNN's receptive field of 4 tokens).
@@ -154,9 +161,12 @@ def _load_sentence_model(path: Path) -> Optional[Callable[[Doc], List[int]]]:
         for first in range(0, len(doc), SENTER_CHUNK):
             lo, hi = max(0, first - SENTER_MARGIN), min(len(doc), first + SENTER_CHUNK + SENTER_MARGIN)
             chunk = doc if (lo, hi) == (0, len(doc)) else doc[lo:hi].as_doc()
-            scores = senter.model.ops.to_numpy(senter.model.predict([chunk])[0])
+            logits = senter.model.ops.to_numpy(senter.model.predict([chunk])[0])
+            # the senter's model ends in logits: its probability of a start
+            shifted = numpy.exp(logits - logits.max(axis=1, keepdims=True))
+            p_start = shifted[:, start] / shifted.sum(axis=1)
             found.extend(
-                lo + int(i) for i in numpy.flatnonzero(scores.argmax(axis=1) == start)
+                lo + int(i) for i in numpy.flatnonzero(p_start >= least)
                 if first <= lo + i < first + SENTER_CHUNK
             )
         return found

@@ -72,6 +72,17 @@ def test_the_senter_reads_a_long_doc_in_chunks_with_the_same_result(monkeypatch)
     assert len(whole) >= 6 * 4
 
 
+def test_the_senter_threshold_decides_which_tokens_start_sentences():
+    from spacy_padellm.segments import sentence_model
+
+    model = sentence_model()
+    doc = spacy.blank("en")(" ".join(NEWS * 2))
+    default, sure, every = model(doc), set(model(doc, threshold=0.99)), model(doc, threshold=0.0)
+    assert sure <= set(default) < set(every)
+    assert every == list(range(len(doc)))  # the threshold decides, not the argmax
+    assert model(doc, threshold=0.5) == default
+
+
 def test_the_senter_is_english_only():
     """Other languages (its training text is English news) get the rules."""
     nlp = spacy.blank("de")
