@@ -23,15 +23,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import systems  # noqa: E402
 from spacy_padellm.corpus import make_jsonl_corpus  # noqa: E402
-from spacy_padellm.training import Batch, make_item, pack, separate  # noqa: E402
+from spacy_padellm.training import Batch, loss_and_gradient, make_item, pack, separate  # noqa: E402
 
 
 def mean_loss(model: torch.nn.Module, batch: Batch) -> float:
+    """The loss `spacy train` computes for this batch (its gradient unused)."""
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        position_ids=batch.position_ids, logits_to_keep=batch.keep).logits
-    selected = batch.targets != -100
-    return float(torch.nn.functional.cross_entropy(logits[selected].float(), batch.targets[selected]))
+    return loss_and_gradient(logits, batch.targets)[0]
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -46,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     nlp("Peter Blackburn visited Brussels .")  # loads the model
     model, prompts = pipe.shim.model, pipe._decoder.prompts
     model.eval()
-    pad = pipe.shim.tokenizer.pad_token_id or 0
+    pad = pipe._decoder.engine.pad_id  # as the component's update packs
     result: Dict[str, Dict[str, float]] = {}
     for name, n in (("behind context", args.context_sentences), ("alone", 0)):
         reader = make_jsonl_corpus(args.data, context_sentences=n, limit=args.skip + args.texts)

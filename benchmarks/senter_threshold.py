@@ -12,24 +12,27 @@ docs against the same sentences decoded one per doc.
 Choose on one part of dev, report on another:
 
     python benchmarks/senter_threshold.py ../shared/data/conll03/dev.jsonl --lines 0:500 \\
-        --thresholds 0.5,0.3,0.2,0.1,0.05 --ner --out benchmarks/results/senter_threshold_selection_cpu
+        --thresholds 0.9,0.5,0.3,0.1,0.03,0.01,0.001 --out benchmarks/results/senter_threshold_selection_cpu
+    python benchmarks/senter_threshold.py ../shared/data/conll03/dev.jsonl --lines 0:500 \\
+        --thresholds 0.5,0.1,0.03 --ner --out benchmarks/results/senter_threshold_selection_ner_cpu
 """
 import argparse
 import json
 import platform
 import sys
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+from spacy.language import Language
 from spacy.scorer import Scorer
 from spacy.training import Example
 
 sys.path.insert(0, str(Path(__file__).parent))
 import systems  # noqa: E402
 from joined_docs import joined_reference, read_rows  # noqa: E402
+from long_docs import joined_example, run  # noqa: E402
 from line_range import line_range  # noqa: E402
 from spacy_padellm import segments  # noqa: E402
 
@@ -42,6 +45,18 @@ def boundary_scores(found: List[set], gold: List[set]) -> Dict[str, float]:
     p = tp / n_found if n_found else 0.0
     r = tp / n_gold if n_gold else 0.0
     return {"p": round(100 * p, 2), "r": round(100 * r, 2), "f": round(100 * (2 * p * r / (p + r) if p + r else 0.0), 2)}
+
+
+def decode(nlp: Language, examples: List[Example], batch_size: int) -> Dict[str, float]:
+    """Decode the examples' docs in place; span P, R and F, and seconds."""
+    seconds, docs = run(nlp, examples, batch_size)
+    for eg, doc in zip(examples, docs):
+        eg.predicted = doc
+    scores = Scorer(nlp).score(examples)
+    return {
+        "ents_p": round(100 * scores["ents_p"], 2), "ents_r": round(100 * scores["ents_r"], 2),
+        "ents_f": round(100 * scores["ents_f"], 2), "seconds": round(seconds, 1),
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -68,33 +83,26 @@ def main(argv: Optional[List[str]] = None) -> None:
     gold = [{s.start_char for s in ref.sents if s.start > 0} for ref in references]
     predicted = [nlp.make_doc(ref.text) for ref in references]
     results: List[Dict[str, Any]] = []
+    default_threshold = segments.SENTER_THRESHOLD
     base_f: Optional[float] = None
     if args.ner:
-        singles = [Example(nlp.make_doc(ref.text), ref) for row in rows for ref in [joined_reference(nlp, [row])]]
-        list(nlp.pipe([singles[0].predicted.copy()]))  # load the model outside the timings
-        started = time.perf_counter()
-        for eg, doc in zip(singles, nlp.pipe((eg.predicted.copy() for eg in singles), batch_size=args.batch_size)):
-            eg.predicted = doc
-        base_f = round(100 * Scorer(nlp).score(singles)["ents_f"], 2)
-        print(f"sentences one per doc: F {base_f} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+        singles = [joined_example(nlp, [row]) for row in rows]
+        run(nlp, singles[:1], 1)  # load the model outside the timings
+        alone = decode(nlp, singles, args.batch_size)
+        base_f = alone["ents_f"]
+        print(f"sentences one per doc: F {base_f} ({alone['seconds']:.0f} s)", file=sys.stderr, flush=True)
     for threshold in thresholds:
         found = [{doc[i].idx for i in model(doc, threshold=threshold) if i > 0} for doc in predicted]
         row: Dict[str, Any] = {"threshold": threshold, "starts": boundary_scores(found, gold)}
         if args.ner:
             segments.SENTER_THRESHOLD = threshold
             examples = [Example(nlp.make_doc(ref.text), ref) for ref in references]
-            started = time.perf_counter()
-            for eg, doc in zip(examples, nlp.pipe((eg.predicted.copy() for eg in examples), batch_size=args.batch_size)):
-                eg.predicted = doc
-            scores = Scorer(nlp).score(examples)
-            row.update({
-                "segments": sum(eg.predicted._.padellm["segments"] for eg in examples),
-                "ents_p": round(100 * scores["ents_p"], 2), "ents_r": round(100 * scores["ents_r"], 2),
-                "ents_f": round(100 * scores["ents_f"], 2), "seconds": round(time.perf_counter() - started, 1),
-            })
+            row.update(decode(nlp, examples, args.batch_size))
+            row["segments"] = sum(eg.predicted._.padellm["segments"] for eg in examples)
             row["f1_vs_sentences"] = round(row["ents_f"] - base_f, 2)
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
+    segments.SENTER_THRESHOLD = default_threshold
     result = {
         "what": f"shipped senter thresholds on docs of {args.size} consecutive sentences joined by spaces, lines {args.lines[0]}:{args.lines[1]} of {args.data}",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
