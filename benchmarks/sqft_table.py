@@ -1,6 +1,7 @@
 """The SQFT comparison on CoNLL-03 with one training budget for every row:
 dense LoRA r=16, the elastic super-adapter at each uniform rank, the median
-and the searched sub-adapters, 50% Wanda + SparsePEFT, 50% Wanda + Q8_0 +
+and the searched sub-adapters, 50% Wanda + plain LoRA (unmasked, SQFT's
+baseline on the same sparse base), 50% Wanda + SparsePEFT, 50% Wanda + Q8_0 +
 QA-SparsePEFT, 50% Wanda + Q4_0 + QA-SparsePEFT, and dense Q4_0 + QA.
 
 Every stage writes into WORK and is skipped when its output is there, so
@@ -89,10 +90,14 @@ def bases(work: Path, names: List[str]) -> Dict[str, Path]:
 TRAININGS = {  # name: (config, base)
     "lora16": ("configs/smollm2_sparse_cpu.cfg", "dense"),
     "elastic": ("configs/smollm2_elastic_cpu.cfg", "dense"),
+    "sparse_lora": ("configs/smollm2_sparse_cpu.cfg", "wanda50"),
     "sparse": ("configs/smollm2_sparse_cpu.cfg", "wanda50"),
     "sparse_q8": ("configs/smollm2_sparse_cpu.cfg", "wanda50_q8"),
     "sparse_q4": ("configs/smollm2_sparse_cpu.cfg", "wanda50_q4"),
     "dense_q4": ("configs/smollm2_sparse_cpu.cfg", "dense_q4"),
+}
+SETTINGS = {  # a training's own overrides
+    "sparse_lora": ["--components.padellm_ner.model.sparse_peft=false"],  # SQFT's baseline: LoRA unmasked
 }
 
 
@@ -111,6 +116,7 @@ def train(work: Path, base_dirs: Dict[str, Path], steps: int, names: List[str], 
         extra = model if "elastic" in config else [f"--paths.base={base_dirs[base]}"]
         if adapter:
             extra.append(f"--paths.adapter={adapter}")
+        extra += SETTINGS.get(name, [])
         cost = run(PY + ["-m", "spacy", "train", config, "--output", str(out), f"--paths.train={TRAIN}",
                          f"--paths.dev={DEV}", f"--training.max_steps={steps}", f"--training.eval_frequency={steps}",
                          "--corpora.dev.limit=20", *extra], work / f"train_{name}.log")
@@ -199,11 +205,15 @@ ROWS = [  # (row, pipeline key, training whose budget it used); elastic_K: the K
     ("elastic, uniform r={1} (the median)", "elastic_1", "elastic"),
     ("elastic, uniform r={2}", "elastic_2", "elastic"),
     ("elastic, searched sub-adapter", "searched", "elastic"),
+    ("50% Wanda + LoRA, unmasked (its merge fills the zeros)", "sparse_lora", "sparse_lora"),
     ("50% Wanda + SparsePEFT", "sparse", "sparse"),
     ("50% Wanda + Q8_0 + QA-SparsePEFT", "sparse_q8", "sparse_q8"),
     ("50% Wanda + Q4_0 + QA-SparsePEFT", "sparse_q4", "sparse_q4"),
     ("dense Q4_0 + QA-LoRA", "dense_q4", "dense_q4"),
 ]
+
+# LoRA on the same base, which SQFT compares each row against (dense rows: dense LoRA).
+BASELINES = {"sparse": "sparse_lora", "sparse_q8": "sparse_lora", "sparse_q4": "sparse_lora"}
 
 
 def main() -> None:
@@ -255,13 +265,15 @@ def main() -> None:
              "on the llama.cpp backend (the adapter merged; QA rows on their base's grid, others Q8_0). "
              "Size: the GGUF file; zeros: share of exact zeros in the decoder projections as llama.cpp reads them.",
              "", f"`{meta['command']}`", "",
-             "| row | span F1 | vs. dense LoRA | P | R | GGUF MB | zeros | median ms (bs 1) | sentences/s (bs 8) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| row | span F1 | vs. dense LoRA | vs. LoRA on its base | P | R | GGUF MB | zeros | median ms (bs 1) | sentences/s (bs 8) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row, key, _ in wanted:
         r = results[key]
         row = row.format(*choices)
         delta = f"{r['F'] - dense_f:+.2f}" if dense_f is not None else "–"
-        lines.append(f"| {row} | {r['F']:.2f} | {delta} | {r['P']:.2f} | {r['R']:.2f} | {r['gguf_mb']:.0f} | "
+        own = results.get(BASELINES.get(key, "lora16"), {}).get("F")
+        own_delta = f"{r['F'] - own:+.2f}" if own is not None else "–"
+        lines.append(f"| {row} | {r['F']:.2f} | {delta} | {own_delta} | {r['P']:.2f} | {r['R']:.2f} | {r['gguf_mb']:.0f} | "
                      f"{100 * r['zero_share']:.1f}% | {r['median_ms_bs1']:.0f} | {r['sentences_per_s_bs8']:.2f} |")
     lines += ["", "Training cost (the whole `spacy train` run: load, steps, a 20-sentence dev pass; peak RSS of the process):",
               "", "| training | s per step | peak RSS MB |", "| --- | ---: | ---: |"]

@@ -46,6 +46,7 @@ def build_causal_lm(
     lora_dropout: float = 0.05,
     lora_target_modules: List[str] = DEFAULT_LORA_TARGETS,
     rank_choices: Optional[List[int]] = None,
+    sparse_peft: bool = True,
 ) -> CausalLMModel:
     """A Hugging Face causal LM, loaded at initialization.
 
@@ -71,6 +72,11 @@ def build_causal_lm(
         created for training when none is loaded (peft's LoraConfig).
     rank_choices (Optional[List[int]]): elastic_lora's ranks, e.g.
         [32, 24, 16]; the adapter has the largest (lora_r is ignored).
+    sparse_peft (bool): on a sparse base (see `sparsify`), mask the
+        adapter's update by the base's zeros in training and at merge, so the
+        merged model keeps them (SparsePEFT, `models/sparse_peft.py`). False
+        trains and predicts with a plain LoRA on that base, whose merge fills
+        the zeros: the baseline SQFT compares against.
     """
     default_adapter = name is None and package is None and adapter is None
     if device:
@@ -86,7 +92,8 @@ def build_causal_lm(
         device=device,
         mixed_precision=mixed_precision,
         grad_scaler=PyTorchGradScaler(**grad_scaler_config),
-        fine_tuning=FineTuning(fine_tuning, lora_r, lora_alpha, lora_dropout, list(lora_target_modules), list(rank_choices or [])),
+        fine_tuning=FineTuning(fine_tuning, lora_r, lora_alpha, lora_dropout, list(lora_target_modules), list(rank_choices or []),
+                               sparse_peft),
     )
     model = Model("spacy_padellm_causal_lm", forward, init=init, shims=[shim], attrs={"default_adapter": default_adapter})
     if default_adapter:
@@ -115,6 +122,7 @@ def build_llama_cpp(
     lora_dropout: float = 0.05,
     lora_target_modules: List[str] = DEFAULT_LORA_TARGETS,
     rank_choices: Optional[List[int]] = None,
+    sparse_peft: bool = True,
 ) -> CausalLMModel:
     """The same model as `CausalLM.v1` (same sources, same saved pipelines),
     run by llama.cpp on CPU: the model is written to a GGUF file once
@@ -132,6 +140,8 @@ def build_llama_cpp(
     rank_choices: `CausalLM.v1`'s training and device settings, accepted so that a
         pipeline trained on torch loads here by changing `@architectures`
         alone; they do not apply (llama.cpp runs on CPU and predicts only).
+    sparse_peft (bool): as in `CausalLM.v1`: whether the adapter exported
+        onto a sparse base is masked by its zeros.
     Predicts only: train with `CausalLM.v1`.
     """
     from .gguf_export import EXPORT_TYPES
@@ -155,6 +165,7 @@ def build_llama_cpp(
         lora=lora,
         n_ctx=n_ctx,
         n_threads=n_threads,
+        fine_tuning=FineTuning(sparse_peft=sparse_peft),
     )
     model = Model("spacy_padellm_llama_cpp", forward, init=init, shims=[shim], attrs={"default_adapter": default_adapter})
     if default_adapter:

@@ -24,7 +24,7 @@ from ..errors import Errors
 from .gguf_cache import _version, build_entry, cache_root
 from .hf_calls import hf_call
 from .loader import ModelSource, load_model, locate, logger
-from .shim import ADAPTER_FILES, CausalLMShim, read_meta
+from .shim import ADAPTER_FILES, CausalLMShim, FineTuning, read_meta
 
 MODEL_FILE = "model.gguf"
 ENTRY_FILES = (MODEL_FILE, "tokenizer_config.json")
@@ -45,8 +45,9 @@ class LlamaCppShim(CausalLMShim):
         lora: str = "merged",
         n_ctx: int = 8192,
         n_threads: Optional[int] = None,
+        fine_tuning: Optional[FineTuning] = None,
     ) -> None:
-        super().__init__(source, adapter=adapter, dtype="float32", device="cpu")
+        super().__init__(source, adapter=adapter, dtype="float32", device="cpu", fine_tuning=fine_tuning)
         self.export = export
         self.lora = lora
         self.lora_path: Optional[Path] = None  # the GGUF LoRA applied at run time
@@ -98,7 +99,7 @@ class LlamaCppShim(CausalLMShim):
 
         def write(directory: Path) -> None:
             logger.info("Writing the llama.cpp model of %s (once; later loads reuse %s)", self.source.describe(), entry)
-            model, tokenizer = load_model(self.source, "float32", "cpu", adapter)
+            model, tokenizer = load_model(self.source, "float32", "cpu", adapter, sparse_peft=self.fine_tuning.sparse_peft)
             from .qa_sparse_peft import merge_onto_grid
 
             with hf_call():
@@ -141,6 +142,7 @@ class LlamaCppShim(CausalLMShim):
             "adapter_sha256": _adapter_sha256(adapter_files),
             "export": self.export,
             "versions": {p: _version(p) for p in ("transformers", "peft", "gguf", "torch")},
+            **({} if self.fine_tuning.sparse_peft else {"sparse_peft": False}),  # earlier entries stay valid
         }
 
     # --- inference ------------------------------------------------------------

@@ -291,10 +291,13 @@ def _from_pretrained(
         raise ValueError(Errors.E2010.format(name=source.describe(), hint=hint)) from err
 
 
-def load_model(source: ModelSource, dtype: str, device: Optional[str], adapter: Optional[str] = None) -> Tuple[Any, Any]:
+def load_model(
+    source: ModelSource, dtype: str, device: Optional[str], adapter: Optional[str] = None, *, sparse_peft: bool = True
+) -> Tuple[Any, Any]:
     """The base model on its device, wrapped with `adapter` when one is given,
     in eval mode; and its tokenizer. What the thinc shim and the spacy-llm
-    model both load.
+    model both load. On a sparse base the adapter's update is masked by the
+    base's zeros (SparsePEFT) unless `sparse_peft` is off.
 
     The device, the dtype and the adapter's files are checked first, and the
     adapter's layer sizes against the base's config where that is cheap, so
@@ -309,7 +312,7 @@ def load_model(source: ModelSource, dtype: str, device: Optional[str], adapter: 
         if adapter_files is not None:
             if not checked:
                 check_fits(adapter_files, model, source.describe())
-            model = _wrap_with_adapter(model, adapter_files, source.describe())
+            model = _wrap_with_adapter(model, adapter_files, source.describe(), sparse_peft=sparse_peft)
             from .qa_sparse_peft import apply_quantization_aware, base_grid
 
             kind = base_grid(files.location)
@@ -347,14 +350,15 @@ def load_adapter(model: Any, path: str, trainable: bool = False) -> Any:
         return _wrap_with_adapter(model, adapter, base, trainable)
 
 
-def _wrap_with_adapter(model: Any, adapter: AdapterFiles, base: str, trainable: bool = False) -> Any:
+def _wrap_with_adapter(model: Any, adapter: AdapterFiles, base: str, trainable: bool = False, *, sparse_peft: bool = True) -> Any:
     from peft import PeftModel
 
     from .sparse_peft import apply_sparse_masks
 
     try:
         wrapped = PeftModel.from_pretrained(model, str(adapter.directory), is_trainable=trainable)
-        apply_sparse_masks(wrapped)  # a sparse base keeps its zeros (SparsePEFT)
+        if sparse_peft:
+            apply_sparse_masks(wrapped)  # a sparse base keeps its zeros (SparsePEFT)
         return wrapped
     except RuntimeError as err:
         short = size_mismatch_error(err, adapter, base)

@@ -46,10 +46,16 @@ class FineTuning:
     lora_dropout: float = 0.05
     lora_target_modules: List[str] = field(default_factory=list)
     rank_choices: List[int] = field(default_factory=list)  # elastic_lora: the ranks a group may take
+    # SparsePEFT: on a sparse base, mask the update by the base's zeros. Off
+    # only for the comparison SQFT makes: plain LoRA on the same sparse base,
+    # whose merge fills the zeros.
+    sparse_peft: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in FINE_TUNING_MODES:
             raise ValueError(Errors.E2021.format(mode=self.mode, options=list(FINE_TUNING_MODES)))
+        if not isinstance(self.sparse_peft, bool):
+            raise ValueError(Errors.E2003.format(name="sparse_peft (true or false)", value=self.sparse_peft))
         if self.mode == "elastic_lora":
             bad = [r for r in self.rank_choices if isinstance(r, bool) or not isinstance(r, int) or r < 1]
             if len(set(self.rank_choices)) < 2 or bad:
@@ -130,7 +136,8 @@ class CausalLMShim(PyTorchShim):
         with self._lock:
             if self._model is not None and not reload:
                 return
-            model, tokenizer = load_model(self.source, self.dtype, self.device_name, adapter_dir or self.adapter)
+            model, tokenizer = load_model(self.source, self.dtype, self.device_name, adapter_dir or self.adapter,
+                                          sparse_peft=self.fine_tuning.sparse_peft)
             self.elastic = None
             if self.fine_tuning.mode == "elastic_lora" and hasattr(model, "peft_config"):
                 from .elastic_lora import ElasticAdapter
@@ -233,7 +240,7 @@ class CausalLMShim(PyTorchShim):
             from .sparse_peft import apply_sparse_masks
 
             model = get_peft_model(model, config)
-            masked = apply_sparse_masks(model)
+            masked = apply_sparse_masks(model) if self.fine_tuning.sparse_peft else 0
             if masked:
                 logger.info("SparsePEFT: the adapter's update is masked by the sparse base in %d layers", masked)
             from .loader import locate

@@ -109,6 +109,30 @@ def test_sparse_peft_training_and_merge_keep_every_zero(sparse_base, tmp_path):
     assert [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in again.pipe(texts)] == before
 
 
+def test_sparse_peft_off_trains_plain_lora_whose_merge_fills_the_zeros(sparse_base, tmp_path):
+    """The baseline SQFT compares against: the same sparse base, LoRA unmasked."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    model = {"@architectures": "spacy_padellm.CausalLM.v1", "name": str(sparse_base), "device": "cpu", "sparse_peft": False}
+    nlp.add_pipe("padellm_ner", config={"labels": ["LOC", "MISC", "PER"], "model": model})
+    examples = [Example(nlp.make_doc(ref.text), ref) for ref in memorized_gold_docs(nlp)]
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(0.01, use_averages=False)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    assert not [m for m in nlp.get_pipe("padellm_ner").shim.model.modules() if hasattr(m, "sparse_peft_mask")]
+    nlp.to_disk(tmp_path / "trained")
+    again = spacy.load(tmp_path / "trained")  # the setting is in the saved config: still unmasked
+    again.get_pipe("padellm_ner").shim.load()
+    assert not [m for m in again.get_pipe("padellm_ner").shim.model.modules() if hasattr(m, "sparse_peft_mask")]
+    main(["merge", str(tmp_path / "trained"), "--output", str(tmp_path / "merged")])
+    base = zero_counts(AutoModelForCausalLM.from_pretrained(sparse_base))
+    merged = zero_counts(AutoModelForCausalLM.from_pretrained(tmp_path / "merged" / "model"))
+    projections = [n for n in base if "proj" in n]
+    assert sum(merged[n] for n in projections) < sum(base[n] for n in projections) // 10  # the zeros are filled
+
+
 def test_sparsity_zero_prunes_nothing_and_only_puts_the_base_on_a_grid(tiny_model_dir, tmp_path):
     """`--sparsity 0 --quantize q4_0` is the dense 4-bit base: no weight is
     pruned (no calibration needed), every projection is on the Q4_0 grid."""
