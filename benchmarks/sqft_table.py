@@ -42,6 +42,18 @@ DEV = ROOT.parent / "shared" / "data" / "conll03" / "dev.jsonl"
 PY = [sys.executable]
 
 
+def measured() -> Dict[str, str]:
+    """When and on what a row or a training was measured: a table built over
+    several sessions mixes hosts (the CPU model varies), so each row says."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"date": str(date.today()), "cpu": f"{cpu}, {len(os.sched_getaffinity(0))} CPUs"}
+
+
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -121,6 +133,7 @@ def train(work: Path, base_dirs: Dict[str, Path], steps: int, names: List[str], 
                          f"--paths.dev={DEV}", f"--training.max_steps={steps}", f"--training.eval_frequency={steps}",
                          "--corpora.dev.limit=20", *extra], work / f"train_{name}.log")
         cost["seconds_per_step"] = round(cost["seconds"] / steps, 2)
+        cost.update(measured())
         costs[name] = cost
         costs_path.write_text(json.dumps(costs, indent=1))
     return costs
@@ -196,7 +209,7 @@ def evaluate(pipeline: Path, report: Tuple[int, int], latency_docs: int) -> Dict
             "median_ms_bs1": round(statistics.median(latencies), 1), "mean_ms_bs1": round(statistics.mean(latencies), 1),
             "sentences_per_s_bs8": round(len(texts) / batched, 2),
             "gguf_mb": round(os.path.getsize(shim.gguf_path) / 2**20, 1), "zero_share": round(zero_share, 4),
-            "tensor_types": types}
+            "tensor_types": types, **measured()}
 
 
 ROWS = [  # (row, pipeline key, training whose budget it used); elastic_K: the K-th largest rank
@@ -283,6 +296,13 @@ def main() -> None:
     lines += [] if not search else ["", f"Search: best F1 {100 * best['score']:.2f} on the selection lines with {best['parameters']:,} "
               f"adapter parameters (median {100 * search['median']['score']:.2f}, "
               f"{search['median']['parameters']:,}; {len(search['trials'])} configurations)."]
+    when = sorted({(r.get("date", "?"), r.get("cpu", "?")) for r in [results[k] for _, k, _ in wanted] + list(costs.values())})
+    if len(when) > 1:
+        lines += ["", "Measured over several sessions (rows and trainings by date and CPU):", ""]
+        for day, cpu in when:
+            keys = [k for _, k, _ in wanted if (results[k].get("date", "?"), results[k].get("cpu", "?")) == (day, cpu)]
+            trained = [n for n, c in costs.items() if (c.get("date", "?"), c.get("cpu", "?")) == (day, cpu)]
+            lines.append(f"- {day}, {cpu}: rows {', '.join(keys) or '-'}; trainings {', '.join(trained) or '-'}")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -18,7 +18,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import srsly
@@ -392,6 +392,7 @@ class CausalLMShim(PyTorchShim):
         meta = read_meta(path)
         with self._lock:
             self.source = ModelSource.from_dict(meta["source"])
+            self.restore_sparse_peft(meta)
             self.dtype = meta.get("dtype", self.dtype)
             adapter = str(path / "adapter") if meta.get("has_adapter") else None
             self.adapter = None
@@ -400,6 +401,15 @@ class CausalLMShim(PyTorchShim):
             if meta.get("full_weights"):
                 self._load_full_weights(path / WEIGHTS_FILE)
         return self
+
+    def restore_sparse_peft(self, meta: Dict[str, Any]) -> None:
+        """An adapter trained without SparsePEFT's mask is loaded without it,
+        whatever the config now says: masking it would change what it
+        computes. (`spacy.load(path, config=...)` with a new model block, as
+        for the llama.cpp backend, resets every unnamed setting to its
+        default, while the base comes from the saved meta too.)"""
+        if (meta.get("fine_tuning") or {}).get("sparse_peft") is False and self.fine_tuning.sparse_peft:
+            self.fine_tuning = replace(self.fine_tuning, sparse_peft=False)
 
     def _load_full_weights(self, path: Path) -> None:
         from safetensors.torch import load_model

@@ -124,8 +124,13 @@ def test_sparse_peft_off_trains_plain_lora_whose_merge_fills_the_zeros(sparse_ba
     assert not [m for m in nlp.get_pipe("padellm_ner").shim.model.modules() if hasattr(m, "sparse_peft_mask")]
     nlp.to_disk(tmp_path / "trained")
     again = spacy.load(tmp_path / "trained")  # the setting is in the saved config: still unmasked
-    again.get_pipe("padellm_ner").shim.load()
     assert not [m for m in again.get_pipe("padellm_ner").shim.model.modules() if hasattr(m, "sparse_peft_mask")]
+    # A new model block (as for the llama.cpp backend) defaults sparse_peft to true; the
+    # saved adapter was trained unmasked and stays so.
+    block = {"@architectures": "spacy_padellm.CausalLM.v1", "device": "cpu"}
+    swapped = spacy.load(tmp_path / "trained", config={"components": {"padellm_ner": {"model": block}}})
+    assert swapped.config["components"]["padellm_ner"]["model"]["sparse_peft"] is True
+    assert not [m for m in swapped.get_pipe("padellm_ner").shim.model.modules() if hasattr(m, "sparse_peft_mask")]
     main(["merge", str(tmp_path / "trained"), "--output", str(tmp_path / "merged")])
     base = zero_counts(AutoModelForCausalLM.from_pretrained(sparse_base))
     merged = zero_counts(AutoModelForCausalLM.from_pretrained(tmp_path / "merged" / "model"))
