@@ -218,7 +218,7 @@ ROWS = [  # (row, pipeline key, training whose budget it used); elastic_K: the K
     ("elastic, uniform r={1} (the median)", "elastic_1", "elastic"),
     ("elastic, uniform r={2}", "elastic_2", "elastic"),
     ("elastic, searched sub-adapter", "searched", "elastic"),
-    ("50% Wanda + LoRA, unmasked (its merge fills the zeros)", "sparse_lora", "sparse_lora"),
+    ("50% Wanda + LoRA, unmasked (merged in float32: no zeros; Q8_0 rounds some to 0)", "sparse_lora", "sparse_lora"),
     ("50% Wanda + SparsePEFT", "sparse", "sparse"),
     ("50% Wanda + Q8_0 + QA-SparsePEFT", "sparse_q8", "sparse_q8"),
     ("50% Wanda + Q4_0 + QA-SparsePEFT", "sparse_q4", "sparse_q4"),
@@ -226,7 +226,7 @@ ROWS = [  # (row, pipeline key, training whose budget it used); elastic_K: the K
 ]
 
 # LoRA on the same base, which SQFT compares each row against (dense rows: dense LoRA).
-BASELINES = {"sparse": "sparse_lora", "sparse_q8": "sparse_lora", "sparse_q4": "sparse_lora"}
+BASELINES = {"sparse_lora": "sparse_lora", "sparse": "sparse_lora", "sparse_q8": "sparse_lora", "sparse_q4": "sparse_lora"}
 
 
 def main() -> None:
