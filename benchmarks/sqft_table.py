@@ -296,12 +296,15 @@ def main() -> None:
     lines += [] if not search else ["", f"Search: best F1 {100 * best['score']:.2f} on the selection lines with {best['parameters']:,} "
               f"adapter parameters (median {100 * search['median']['score']:.2f}, "
               f"{search['median']['parameters']:,}; {len(search['trials'])} configurations)."]
-    when = sorted({(r.get("date", "?"), r.get("cpu", "?")) for r in [results[k] for _, k, _ in wanted] + list(costs.values())})
+    def stamp(entry: Dict[str, Any]) -> Tuple[str, str]:
+        return entry.get("date", "?"), entry.get("cpu", "?")
+
+    when = sorted({stamp(results[k]) for _, k, _ in wanted} | {stamp(c) for c in costs.values()})
     if len(when) > 1:
         lines += ["", "Measured over several sessions (rows and trainings by date and CPU):", ""]
         for day, cpu in when:
-            keys = [k for _, k, _ in wanted if (results[k].get("date", "?"), results[k].get("cpu", "?")) == (day, cpu)]
-            trained = [n for n, c in costs.items() if (c.get("date", "?"), c.get("cpu", "?")) == (day, cpu)]
+            keys = [k for _, k, _ in wanted if stamp(results[k]) == (day, cpu)]
+            trained = [n for n, c in costs.items() if stamp(c) == (day, cpu)]
             lines.append(f"- {day}, {cpu}: rows {', '.join(keys) or '-'}; trainings {', '.join(trained) or '-'}")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
