@@ -1,8 +1,10 @@
 """The SQFT comparison on CoNLL-03 with one training budget for every row:
 dense LoRA r=16, the elastic super-adapter at each uniform rank, the median
-and the searched sub-adapters, 50% Wanda + plain LoRA (unmasked, SQFT's
+and the searched sub-adapters, dense LoRA exported on 4 bits after
+training, 50% Wanda + plain LoRA (unmasked, SQFT's
 baseline on the same sparse base), 50% Wanda + SparsePEFT, 50% Wanda + Q8_0 +
-QA-SparsePEFT, 50% Wanda + Q4_0 + QA-SparsePEFT, and dense Q4_0 + QA.
+QA-SparsePEFT, 50% Wanda + Q4_0 + QA-SparsePEFT (the peak's scales, and
+fitted ones), and dense Q4_0 + QA (both scales).
 
 Every stage writes into WORK and is skipped when its output is there, so
 an interrupted run continues (`--steps`, the budget, must stay the same).
@@ -11,7 +13,8 @@ Stages: the bases (`sparsify`), training (`spacy train`, new adapters or
 sentences each, the last checkpoint used),
 the sub-adapter search on dev lines `--select` (never reported on), then
 each row on the llama.cpp backend (the adapter merged, projections on the
-base's grid for the QA rows, Q8_0 otherwise) on dev lines `--report`:
+base's grid for the QA rows, Q4_0 for the row so named, Q8_0 otherwise) on
+dev lines `--report`:
 span F1, GGUF size on disk, zero share of the projections as llama.cpp
 reads them, and latency per sentence at batch size 1.
 
@@ -84,12 +87,14 @@ def bases(work: Path, names: List[str]) -> Dict[str, Path]:
     plan = {
         "dense": cli + ["--sparsity", "0"],
         "wanda50": cli + ["--sparsity", "0.5", "--calibration", str(TRAIN)],
-        "wanda50_q8": cli + [str(work / "wanda50"), "--sparsity", "0", "--quantize", "q8_0"],
-        "wanda50_q4": cli + [str(work / "wanda50"), "--sparsity", "0", "--quantize", "q4_0"],
-        "dense_q4": cli + [str(work / "dense"), "--sparsity", "0", "--quantize", "q4_0"],
+        "wanda50_q8": cli + [str(work / "wanda50"), "--sparsity", "0", "--quantize", "q8_0", "--scales", "peak"],
+        "wanda50_q4": cli + [str(work / "wanda50"), "--sparsity", "0", "--quantize", "q4_0", "--scales", "peak"],
+        "wanda50_q4f": cli + [str(work / "wanda50"), "--sparsity", "0", "--quantize", "q4_0", "--scales", "fitted"],
+        "dense_q4": cli + [str(work / "dense"), "--sparsity", "0", "--quantize", "q4_0", "--scales", "peak"],
+        "dense_q4f": cli + [str(work / "dense"), "--sparsity", "0", "--quantize", "q4_0", "--scales", "fitted"],
     }
     out = {}
-    needed = set(names) | {"wanda50" for n in names if n.startswith("wanda50")} | {"dense" for n in names if n == "dense_q4"}
+    needed = set(names) | {"wanda50" for n in names if n.startswith("wanda50")} | {"dense" for n in names if n.startswith("dense")}
     for name, command in plan.items():
         if name not in needed:
             continue
@@ -106,7 +111,9 @@ TRAININGS = {  # name: (config, base)
     "sparse": ("configs/smollm2_sparse_cpu.cfg", "wanda50"),
     "sparse_q8": ("configs/smollm2_sparse_cpu.cfg", "wanda50_q8"),
     "sparse_q4": ("configs/smollm2_sparse_cpu.cfg", "wanda50_q4"),
+    "sparse_q4f": ("configs/smollm2_sparse_cpu.cfg", "wanda50_q4f"),
     "dense_q4": ("configs/smollm2_sparse_cpu.cfg", "dense_q4"),
+    "dense_q4f": ("configs/smollm2_sparse_cpu.cfg", "dense_q4f"),
 }
 SETTINGS = {  # a training's own overrides
     "sparse_lora": ["--components.padellm_ner.model.sparse_peft=false"],  # SQFT's baseline: LoRA unmasked
@@ -181,13 +188,13 @@ def gguf_zero_share(path: Path) -> Tuple[float, Dict[str, str]]:
     return zeros / max(total, 1), types
 
 
-def evaluate(pipeline: Path, report: Tuple[int, int], latency_docs: int) -> Dict[str, Any]:
+def evaluate(pipeline: Path, report: Tuple[int, int], latency_docs: int, export: str = "q8_0") -> Dict[str, Any]:
     import spacy
     from spacy.scorer import Scorer
     from spacy.training import Example
 
     nlp = spacy.load(pipeline, config={"components": {"padellm_ner": {"model": {
-        "@architectures": "spacy_padellm.LlamaCpp.v1", "export": "q8_0"}}}})
+        "@architectures": "spacy_padellm.LlamaCpp.v1", "export": export}}}})
     reader = spacy.registry.readers.get("spacy_padellm.JsonlCorpus.v1")(
         DEV, skip=report[0], limit=report[1] - report[0])
     refs = [eg.reference for eg in reader(nlp)]
@@ -214,6 +221,7 @@ def evaluate(pipeline: Path, report: Tuple[int, int], latency_docs: int) -> Dict
 
 ROWS = [  # (row, pipeline key, training whose budget it used); elastic_K: the K-th largest rank
     ("dense LoRA r=16", "lora16", "lora16"),
+    ("dense LoRA r=16, exported Q4_0 after training (fitted scales, no QA)", "lora16_q4", "lora16"),
     ("elastic super-adapter, uniform r={0}", "elastic_0", "elastic"),
     ("elastic, uniform r={1} (the median)", "elastic_1", "elastic"),
     ("elastic, uniform r={2}", "elastic_2", "elastic"),
@@ -221,12 +229,17 @@ ROWS = [  # (row, pipeline key, training whose budget it used); elastic_K: the K
     ("50% Wanda + LoRA, unmasked (merged in float32: no zeros; Q8_0 rounds some to 0)", "sparse_lora", "sparse_lora"),
     ("50% Wanda + SparsePEFT", "sparse", "sparse"),
     ("50% Wanda + Q8_0 + QA-SparsePEFT", "sparse_q8", "sparse_q8"),
-    ("50% Wanda + Q4_0 + QA-SparsePEFT", "sparse_q4", "sparse_q4"),
-    ("dense Q4_0 + QA-LoRA", "dense_q4", "dense_q4"),
+    ("50% Wanda + Q4_0 (peak scales) + QA-SparsePEFT", "sparse_q4", "sparse_q4"),
+    ("50% Wanda + Q4_0 (fitted scales) + QA-SparsePEFT", "sparse_q4f", "sparse_q4f"),
+    ("dense Q4_0 (peak scales) + QA-LoRA", "dense_q4", "dense_q4"),
+    ("dense Q4_0 (fitted scales) + QA-LoRA", "dense_q4f", "dense_q4f"),
 ]
 
+EXPORTS = {"lora16_q4": "q4_0"}  # a row's llama.cpp export where it is not Q8_0 (QA rows: their grid)
+
 # LoRA on the same base, which SQFT compares each row against (dense rows: dense LoRA).
-BASELINES = {"sparse_lora": "sparse_lora", "sparse": "sparse_lora", "sparse_q8": "sparse_lora", "sparse_q4": "sparse_lora"}
+BASELINES = {"sparse_lora": "sparse_lora", "sparse": "sparse_lora", "sparse_q8": "sparse_lora", "sparse_q4": "sparse_lora",
+             "sparse_q4f": "sparse_lora"}
 
 
 def main() -> None:
@@ -249,19 +262,22 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     wanted = [r for r in ROWS if not args.rows or r[1] in args.rows.split(",")]
-    trainings = [t for t in TRAININGS if any(r[2] == t for r in wanted)]
+    results_path = work / f"rows_{args.report[0]}_{args.report[1]}.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    # A row already evaluated needs neither its base nor its training again, so
+    # a table finished over several sessions only trains what it still lacks.
+    todo = [r for r in wanted if r[1] not in results]
+    trainings = [t for t in TRAININGS if any(r[2] == t for r in todo)]
     base_dirs = bases(work, [TRAININGS[t][1] for t in trainings])
     costs = train(work, base_dirs, args.steps, trainings, args.adapter, choices)
     pipelines = {name: work / f"train_{name}" / "model-last" for name in trainings}
     if "elastic" in trainings:
         pipelines.update(sub_adapters(work, args.select, args.budget, choices))
-    results_path = work / f"rows_{args.report[0]}_{args.report[1]}.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for row, key, _ in wanted:
-        if key not in results:
-            say(f"evaluating {row.format(*choices)} on dev lines {args.report[0]}-{args.report[1] - 1}")
-            results[key] = evaluate(pipelines[key], args.report, args.latency_docs)
-            results_path.write_text(json.dumps(results, indent=1))
+    for row, key, training in todo:
+        say(f"evaluating {row.format(*choices)} on dev lines {args.report[0]}-{args.report[1] - 1}")
+        results[key] = evaluate(pipelines.get(key, pipelines[training]), args.report, args.latency_docs,
+                                EXPORTS.get(key, "q8_0"))
+        results_path.write_text(json.dumps(results, indent=1))
     dense_f = results.get("lora16", {}).get("F")
     meta = {"machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs", "date": str(date.today()),
             "steps": args.steps, "batch": 8, "adapter": args.adapter, "rank_choices": choices, "select": args.select, "report": args.report, "budget": args.budget,
@@ -275,7 +291,8 @@ def main() -> None:
     lines = [f"# SQFT rows on CoNLL-03: one training budget ({args.steps} steps of 8 train sentences, {start})", "",
              f"{meta['machine']}; {meta['date']}. Sub-adapter search on dev lines {args.select[0]}-{args.select[1] - 1} "
              f"({args.budget} evaluations); every figure below on dev lines {args.report[0]}-{args.report[1] - 1}, "
-             "on the llama.cpp backend (the adapter merged; QA rows on their base's grid, others Q8_0). "
+             "on the llama.cpp backend (the adapter merged; QA rows on their base's grid, the row exported "
+             "Q4_0 after training on Q4_0 (fitted scales), others Q8_0). "
              "Size: the GGUF file; zeros: share of exact zeros in the decoder projections as llama.cpp reads them.",
              "", f"`{meta['command']}`", "",
              "| row | span F1 | vs. dense LoRA | vs. LoRA on its base | P | R | GGUF MB | zeros | median ms (bs 1) | sentences/s (bs 8) |",

@@ -1,7 +1,7 @@
 """`python -m spacy_padellm COMMAND`: the commands around training.
 
-    sparsify [BASE] --sparsity 0.5 [--pattern 2:4] --calibration TRAIN --output DIR
-    merge PIPELINE --output DIR [--gguf Q8_0|F16|F32]
+    sparsify [BASE] --sparsity 0.5 [--pattern 2:4] --calibration TRAIN [--quantize q8_0|q4_0 [--scales fitted|peak]] --output DIR
+    merge PIPELINE --output DIR [--gguf Q8_0|Q4_0|F16|F32]
     search-adapter PIPELINE DEV --budget N --output DIR
     annotate INPUT OUTPUT [--pipeline P] [--n-process N | --ray ADDRESS]
 
@@ -79,6 +79,7 @@ def sparsify_command(args: argparse.Namespace) -> None:
                       progress=lambda done, total: _say(f"  layer {done}/{total}"))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    scales = (args.scales or "fitted") if args.quantize else None
     if args.quantize:
         from .models.qa_sparse_peft import GRID_FILE, snap
         from .models.sparsify import linear_layers
@@ -86,9 +87,10 @@ def sparsify_command(args: argparse.Namespace) -> None:
         with torch.no_grad():
             for modules in linear_layers(model).values():
                 for name, module in modules:
-                    module.weight.copy_(snap(module.weight, args.quantize))
+                    module.weight.copy_(snap(module.weight, args.quantize, fitted=scales == "fitted"))
                     report[name] = float((module.weight == 0).float().mean())  # small weights may round to 0
-        (out / GRID_FILE).write_text(json.dumps({"grid": args.quantize, "block": 32}) + "\n", encoding="utf8")
+        (out / GRID_FILE).write_text(json.dumps({"grid": args.quantize, "block": 32, "scales": scales}) + "\n",
+                                     encoding="utf8")
     from .models.hf_calls import hf_call
 
     with hf_call():  # transformers' progress bars stay out of the user's terminal
@@ -96,7 +98,7 @@ def sparsify_command(args: argparse.Namespace) -> None:
         tokenizer.save_pretrained(out)
     summary = {
         "base": source.to_dict(), "method": args.method, "sparsity": sparsity, "pattern": args.pattern,
-        "quantize": args.quantize,
+        "quantize": args.quantize, "scales": scales,
         "calibration": str(args.calibration) if batches else None,
         "calibration_texts": len(batches), "seconds": round(time.perf_counter() - started, 1),
         "zero_fraction_of_pruned_weights": round(sum(report.values()) / len(report), 4), "modules": report,
@@ -108,7 +110,7 @@ def sparsify_command(args: argparse.Namespace) -> None:
          f"Use it with [components.padellm_ner.model] name = \"{out}\".")
 
 
-GGUF_TYPES = {"Q8_0": "q8_0", "F16": "f16", "F32": "f32"}
+GGUF_TYPES = {"Q8_0": "q8_0", "Q4_0": "q4_0", "F16": "f16", "F32": "f32"}
 
 
 def _load_component(path: str) -> Tuple[Any, str, Any]:
@@ -238,6 +240,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sp.add_argument("--samples", type=int, default=CALIBRATION_TEXTS, help="calibration texts used")
     sp.add_argument("--quantize", default=None, type=str.lower, choices=["q8_0", "q4_0"],
                     help="also put the pruned projections on GGUF's Q8_0 or Q4_0 grid (for QA-SparsePEFT)")
+    sp.add_argument("--scales", default=None, choices=["fitted", "peak"],
+                    help="with --quantize: each block's scale of least squared rounding error (it may clip the "
+                         "peak; default), or the one of its peak weight (ggml's reference quantizer)")
     sp.add_argument("--output", required=True, help="directory for the sparse base")
     sp.set_defaults(run=sparsify_command)
     mp = commands.add_parser("merge", help="fold a pipeline's adapter into its base; write the model and a pipeline")
@@ -264,4 +269,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "sparsify" and args.method == "wanda" and args.calibration is None and (args.sparsity or args.pattern):
         parser.error("sparsify --method wanda needs --calibration TRAIN (or use --method magnitude)")
+    if args.command == "sparsify" and args.calibration is not None and not args.calibration.is_file():
+        parser.error(f"--calibration: no file at {args.calibration}")  # before the base's slow load
+    if args.command == "sparsify" and args.scales is not None and not args.quantize:
+        parser.error("--scales chooses the scales of a grid: add --quantize q8_0 or q4_0")
     args.run(args)

@@ -117,7 +117,8 @@ class Errors(metaclass=ErrorsWithCodes):
              "`spacy.load(path, config={\"components.padellm_ner.model.@architectures\": "
              "\"spacy_padellm.LlamaCpp.v1\"})`.")
     E2087 = ("`export` must be one of {options}, got {value!r}: the type of the GGUF "
-             "file's 2D weights ('q8_0' is the fastest on CPU, 'f32' the exact one).")
+             "file's 2D weights ('q8_0' is the default, 'q4_0' the smallest and fastest on CPU "
+             "at a cost in F1, 'f32' the exact one).")
     E2088 = ("The pipeline at '{path}' was fully fine-tuned (its weights are saved, "
              "not an adapter); the llama.cpp backend loads adapters only. Load it with "
              "`spacy_padellm.CausalLM.v1`.")

@@ -128,8 +128,10 @@ def build_llama_cpp(
     run by llama.cpp on CPU: the model is written to a GGUF file once
     (cached), and decoding uses `llama_cpp_engine.LlamaCppEngine`.
 
-    export (str): the GGUF file's 2D weights, "q8_0" (default), "f16" or
-        "f32" (exact; for tests).
+    export (str): the GGUF file's 2D weights, "q8_0" (default), "q4_0"
+        (the decoder projections post-training on 4 bits; smaller and
+        faster, at a cost in F1 that the README measures), "f16" or "f32"
+        (exact; for tests).
     lora (str): "merged" (default) writes the adapter into the weights;
         "runtime" writes the base once for every adapter and applies the
         adapter as a GGUF LoRA while decoding (slower: see the README).

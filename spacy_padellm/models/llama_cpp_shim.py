@@ -198,11 +198,7 @@ class LlamaCppShim(CausalLMShim):
         if meta.get("full_weights"):
             raise ValueError(Errors.E2088.format(path=path))
         with self._lock:
-            self.source = ModelSource.from_dict(meta["source"])
-            self.restore_sparse_peft(meta)
-            adapter = str(path / "adapter") if meta.get("has_adapter") else None
-            self.adapter = None
-            self.load(adapter_dir=adapter, reload=True)
+            self.load(adapter_dir=self.restore_saved(path, meta), reload=True)
         return self
 
 

@@ -38,6 +38,8 @@ BLOCK = 32
 QMAX = 127
 LEVELS = {"q8_0": (-127, 127), "q4_0": (-8, 7)}  # integer q of each grid
 SCALES = "qa_scales"
+FIT_STEPS = 16  # candidate scales per block for `fitted_scales`
+FIT_FLOOR = 0.6  # the smallest candidate, as a share of the peak's scale
 KIND = "qa_grid"
 GRID_FILE = "quantization.json"
 
@@ -82,9 +84,35 @@ def fake_quant(weight: torch.Tensor, scales: torch.Tensor, kind: str = "q8_0") -
     return (q * scales[..., None]).reshape(rows, cols).to(weight.dtype)
 
 
-def snap(weight: torch.Tensor, kind: str = "q8_0") -> torch.Tensor:
-    """A weight put on its own grid (what `sparsify --quantize` writes)."""
-    return fake_quant(weight, block_scales(weight, kind), kind)
+def fitted_scales(weight: torch.Tensor, kind: str = "q8_0", steps: int = FIT_STEPS) -> torch.Tensor:
+    """Per block, the scale of least squared rounding error among `steps`
+    candidates from the peak's scale (`block_scales`) down to FIT_FLOOR of
+    it. On 4 bits the peak's scale spends a level on one outlier and rounds
+    most small weights to 0; a smaller scale clips the peak instead. Every
+    candidate still puts the peak on the grid's end level (127 or -8 after
+    clipping), so `block_scales` reads the fitted scale back from the
+    snapped weights, as for the peak's own."""
+    rows, cols = weight.shape
+    weight = weight.detach().float()
+    peak = block_scales(weight, kind)
+
+    def error(scales: torch.Tensor) -> torch.Tensor:
+        return ((fake_quant(weight, scales, kind) - weight) ** 2).reshape(rows, cols // BLOCK, BLOCK).sum(dim=-1)
+
+    best, best_error = peak, error(peak)
+    for ratio in torch.linspace(1.0, FIT_FLOOR, steps)[1:].tolist():
+        scales = (peak * ratio).to(torch.float16).to(torch.float32)
+        candidate = error(scales)
+        better = candidate < best_error
+        best, best_error = torch.where(better, scales, best), torch.where(better, candidate, best_error)
+    return best
+
+
+def snap(weight: torch.Tensor, kind: str = "q8_0", fitted: bool = False) -> torch.Tensor:
+    """A weight put on its own grid (what `sparsify --quantize` writes), its
+    scales the peak's or, with `fitted`, those of least error."""
+    scales = fitted_scales(weight, kind) if fitted else block_scales(weight, kind)
+    return fake_quant(weight, scales, kind)
 
 
 def _straight_through(weight: torch.Tensor, scales: torch.Tensor, kind: str) -> torch.Tensor:

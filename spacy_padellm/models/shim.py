@@ -391,25 +391,26 @@ class CausalLMShim(PyTorchShim):
         path = Path(path)
         meta = read_meta(path)
         with self._lock:
-            self.source = ModelSource.from_dict(meta["source"])
-            self.restore_sparse_peft(meta)
+            adapter = self.restore_saved(path, meta)
             self.dtype = meta.get("dtype", self.dtype)
-            adapter = str(path / "adapter") if meta.get("has_adapter") else None
-            self.adapter = None
             self.trainable = False
             self.load(adapter_dir=adapter, reload=True)
             if meta.get("full_weights"):
                 self._load_full_weights(path / WEIGHTS_FILE)
         return self
 
-    def restore_sparse_peft(self, meta: Dict[str, Any]) -> None:
-        """An adapter trained without SparsePEFT's mask is loaded without it,
-        whatever the config now says: masking it would change what it
+    def restore_saved(self, path: Path, meta: Dict[str, Any]) -> Optional[str]:
+        """What a saved pipeline fixes, whatever the loading config says (both
+        backends' `from_disk`): its base, and SparsePEFT off for an adapter
+        trained without the mask, since masking it would change what it
         computes. (`spacy.load(path, config=...)` with a new model block, as
         for the llama.cpp backend, resets every unnamed setting to its
-        default, while the base comes from the saved meta too.)"""
+        default.) Returns the saved adapter's directory, if it has one."""
+        self.source = ModelSource.from_dict(meta["source"])
         if (meta.get("fine_tuning") or {}).get("sparse_peft") is False and self.fine_tuning.sparse_peft:
             self.fine_tuning = replace(self.fine_tuning, sparse_peft=False)
+        self.adapter = None
+        return str(path / "adapter") if meta.get("has_adapter") else None
 
     def _load_full_weights(self, path: Path) -> None:
         from safetensors.torch import load_model

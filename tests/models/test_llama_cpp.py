@@ -47,6 +47,43 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory):
     return model, tokenizer, path
 
 
+def test_a_q4_0_export_puts_each_projection_on_its_own_4_bit_grid(tiny_gguf, tmp_path):
+    """`export = "q4_0"`: post-training 4 bits for the decoder projections
+    (each block on its fitted scale), Q8_0 for the embeddings, and a file
+    llama.cpp loads and decodes with."""
+    import numpy
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from spacy_padellm.decoding import stop_token_ids
+    from spacy_padellm.llama_cpp_engine import LlamaCppEngine
+    from spacy_padellm.models.gguf_export import _permute, export_gguf
+    from spacy_padellm.models.qa_sparse_peft import snap
+
+    model, tokenizer, _ = tiny_gguf
+    path = export_gguf(model, tokenizer, tmp_path / "q4.gguf", "q4_0")
+    weights = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    config = model.config
+    types = {}
+    for tensor in GGUFReader(str(path)).tensors:
+        types[tensor.name] = tensor.tensor_type.name
+        if tensor.name.startswith("blk.") and tensor.name.endswith("_q.weight"):
+            layer = int(tensor.name.split(".")[1])
+            hf = _permute(weights[f"model.layers.{layer}.self_attn.q_proj.weight"], config.num_attention_heads)
+            back = dequantize(tensor.data, tensor.tensor_type).reshape(hf.shape)
+            assert numpy.array_equal(back, snap(torch.from_numpy(numpy.ascontiguousarray(hf)), "q4_0", fitted=True).numpy())
+    projections = [n for n in types if n.startswith("blk.") and not n.endswith("norm.weight")]
+    assert projections and all(types[n] == "Q4_0" for n in projections)
+    assert types["token_embd.weight"] == "Q8_0"
+    engine = LlamaCppEngine(str(path), stop_token_ids(tokenizer), tokenizer.eos_token_id, n_ctx=256, n_threads=1)
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    handle = engine.encode_prefixes([ids("Japan began the defence of their Asian Cup title .")])
+    (got,) = engine.decode(handle, [0], [ids("\nLOC\n<num>")], [4])
+    engine.release(handle)
+    assert got.token_ids and len(got.logprobs) == len(got.token_ids)  # it loads and decodes
+
+
 def test_greedy_tokens_equal_the_torch_engine(tiny_gguf):
     from spacy_padellm.decoding import stop_token_ids
     from spacy_padellm.llama_cpp_engine import LlamaCppEngine

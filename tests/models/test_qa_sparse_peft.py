@@ -11,20 +11,22 @@ from thinc.api import Adam
 from transformers import AutoModelForCausalLM
 
 from spacy_padellm.cli import main
-from spacy_padellm.models.qa_sparse_peft import LEVELS, SCALES, block_scales, fake_quant, quantize, snap
+from spacy_padellm.models.qa_sparse_peft import LEVELS, SCALES, block_scales, fake_quant, fitted_scales, quantize, snap
 from spacy_padellm.models.sparsify import linear_layers
 
 from ..conftest import MEMORIZED, make_nlp, memorized_gold_docs
 
 
+@pytest.mark.parametrize("fitted", [False, True], ids=["peak", "fitted"])
 @pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
-def test_the_grid_holds_zero_and_gives_back_its_scales(kind):
+def test_the_grid_holds_zero_and_gives_back_its_scales(kind, fitted):
     torch.manual_seed(0)
     weight = torch.randn(4, 64)
     weight[:, :32] = 0.0  # a pruned block
-    on_grid = snap(weight, kind)
+    on_grid = snap(weight, kind, fitted=fitted)
     assert torch.equal(on_grid[:, :32], torch.zeros(4, 32))
-    assert torch.equal(block_scales(on_grid, kind), block_scales(weight, kind))  # read back from the weights
+    scales = fitted_scales(weight, kind) if fitted else block_scales(weight, kind)
+    assert torch.equal(block_scales(on_grid, kind), scales)  # read back from the weights
     assert torch.equal(snap(on_grid, kind), on_grid)
     levels = quantize(on_grid, block_scales(on_grid, kind), kind)
     low, high = LEVELS[kind]
@@ -32,6 +34,18 @@ def test_the_grid_holds_zero_and_gives_back_its_scales(kind):
     assert len(levels[:, 32:].unique()) >= 10  # many levels of the grid are used, not a few
     if kind == "q4_0":
         assert (levels[:, 32:] == -8).any(dim=1).all()  # the block's peak sits on level -8, as ggml puts it
+
+
+def test_fitted_scales_round_heavy_tailed_weights_with_less_error():
+    torch.manual_seed(2)
+    weight = torch.distributions.Laplace(0.0, 0.05).sample((8, 128))  # tails like a model's weights
+    for kind in ["q8_0", "q4_0"]:
+        peak, fitted = block_scales(weight, kind), fitted_scales(weight, kind)
+        error = [float(((fake_quant(weight, s, kind) - weight) ** 2).sum()) for s in (peak, fitted)]
+        assert error[1] <= error[0]  # never worse: the peak's scale is a candidate
+        assert (fitted.abs() <= peak.abs()).all()
+    assert error[1] < 0.95 * error[0]  # on 4 bits, clipping the peak pays in most blocks
+    assert (fitted.abs() < peak.abs()).float().mean() > 0.5
 
 
 def test_gguf_reads_back_the_q4_0_blocks(tmp_path):

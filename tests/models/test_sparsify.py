@@ -143,7 +143,8 @@ def test_sparsity_zero_prunes_nothing_and_only_puts_the_base_on_a_grid(tiny_mode
     pruned (no calibration needed), every projection is on the Q4_0 grid."""
     from spacy_padellm.models.qa_sparse_peft import snap
 
-    main(["sparsify", str(tiny_model_dir), "--sparsity", "0", "--quantize", "q4_0", "--output", str(tmp_path / "q4")])
+    main(["sparsify", str(tiny_model_dir), "--sparsity", "0", "--quantize", "q4_0", "--scales", "peak",
+          "--output", str(tmp_path / "q4")])
     dense = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     on_grid = AutoModelForCausalLM.from_pretrained(tmp_path / "q4")
     before = dict(dense.named_parameters())
@@ -158,3 +159,34 @@ def test_sparsity_zero_prunes_nothing_and_only_puts_the_base_on_a_grid(tiny_mode
         for name, module in modules:
             assert report["modules"][name] == pytest.approx(float((module.weight == 0).float().mean()))
     assert json.loads((tmp_path / "q4" / "quantization.json").read_text())["grid"] == "q4_0"
+
+
+def test_fitted_scales_are_written_and_read_back_as_the_grid(tiny_model_dir, tmp_path):
+    """By default `--quantize` writes each block on the scale of least
+    rounding error, and a QA adapter reads exactly those scales back from
+    the weights."""
+    from spacy_padellm.models.qa_sparse_peft import block_scales, fitted_scales, snap
+
+    main(["sparsify", str(tiny_model_dir), "--sparsity", "0", "--quantize", "q4_0", "--output", str(tmp_path / "q4")])
+    before = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
+    clipped = 0
+    for modules in linear_layers(AutoModelForCausalLM.from_pretrained(tmp_path / "q4")).values():
+        for name, module in modules:
+            original = before[name + ".weight"].detach()
+            assert torch.equal(module.weight, snap(original, "q4_0", fitted=True)), name
+            assert torch.equal(block_scales(module.weight, "q4_0"), fitted_scales(original, "q4_0")), name
+            clipped += int((fitted_scales(original, "q4_0").abs() < block_scales(original, "q4_0").abs()).sum())
+    assert clipped > 0  # the fit chose smaller scales somewhere, so the peak's grid was not written
+    assert json.loads((tmp_path / "q4" / "quantization.json").read_text())["scales"] == "fitted"
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--method", "magnitude", "--scales", "peak"], "add --quantize"),
+    (["--calibration", "no/such/file.jsonl"], "no file at no/such/file.jsonl"),
+    ([], "needs --calibration"),
+])
+def test_sparsify_refuses_bad_arguments_before_loading_the_base(arguments, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["sparsify", "no-such-base", *arguments, "--output", str(tmp_path / "out")])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
