@@ -8,6 +8,10 @@ one float16 scale d per block and weights d·q for integer q:
 - Q4_0 (4 bits): q in [-8, 7], d = w* / -8, where w* is the block's weight
   of largest magnitude, sign included (so d may be negative).
 
+Those are the peak's scales (ggml's reference quantizer). `sparsify
+--quantize` writes by default `fitted_scales`, the smaller scale of least
+squared error that clips the peak onto the same end level.
+
 Both hold an exact zero (q = 0), so a pruned weight stays pruned. GGUF
 Q4_1, the shipped file's format, stores weights as d·q + m with an offset m
 per block: zero is on its grid only by accident, so the sparse 4-bit path
@@ -87,8 +91,8 @@ def fake_quant(weight: torch.Tensor, scales: torch.Tensor, kind: str = "q8_0") -
 def fitted_scales(weight: torch.Tensor, kind: str = "q8_0", steps: int = FIT_STEPS) -> torch.Tensor:
     """Per block, the scale of least squared rounding error among `steps`
     candidates from the peak's scale (`block_scales`) down to FIT_FLOOR of
-    it. On 4 bits the peak's scale spends a level on one outlier and rounds
-    most small weights to 0; a smaller scale clips the peak instead. Every
+    it. On 4 bits the peak's scale spends the range on one outlier and rounds
+    many small weights to 0; a smaller scale clips the peak instead. Every
     candidate still puts the peak on the grid's end level (127 or -8 after
     clipping), so `block_scales` reads the fitted scale back from the
     snapped weights, as for the peak's own."""
