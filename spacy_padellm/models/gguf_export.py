@@ -122,6 +122,12 @@ def export_gguf(
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
     state = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in model.state_dict().items()}
     vocab_size = state["model.embed_tokens.weight"].shape[0]
+    if out_type == "q4_0" and not grid:  # post-training 4 bits: the projections on a grid fitted here
+        from .qa_sparse_peft import fitted_scales
+
+        grid_type = "q4_0"
+        grid = {k: fitted_scales(torch.from_numpy(v), "q4_0") for k, v in state.items()
+                if k.startswith("model.layers.") and v.ndim == 2}
 
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -167,12 +173,7 @@ def export_gguf(
         elif hf_name.endswith("k_proj.weight"):
             data = _permute(data, n_kv)
             scales = None if scales is None else _permute(scales, n_kv)
-        block_type = grid_type
-        if scales is None and out_type == "q4_0" and hf_name.startswith("model.layers.") and data.ndim == 2:
-            from .qa_sparse_peft import fitted_scales
-
-            scales, block_type = fitted_scales(torch.from_numpy(data), "q4_0").numpy(), "q4_0"
-        if scales is not None and block_type == "q4_0":
+        if scales is not None and grid_type == "q4_0":
             writer.add_tensor(gguf_name, _q4_0_blocks(data, scales), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
         elif scales is not None:
             writer.add_tensor(gguf_name, _q8_0_blocks(data, scales), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
