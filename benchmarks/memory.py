@@ -76,21 +76,30 @@ def case(data: Path, words: int, shape: str, max_seconds: Optional[float]) -> Di
 
     threading.Thread(target=sample, daemon=True).start()
     pipe = nlp.get_pipe("padellm_ner")
+    progress = {"segments_decoded": 0, "segments": len(pipe._segments(doc))}
+    decode = pipe._decoder
+
+    def counted(texts: List[str]) -> Any:
+        out = decode(texts)
+        progress["segments_decoded"] += len(texts)
+        return out
+
+    pipe._decoder = counted  # so a stopped case says how far it got
     started = time.perf_counter()
     if max_seconds:
         # When the time is up, report the peak so far and end the process.
-        threading.Timer(max_seconds, lambda: os._exit(_report(loaded, built, samples, words, shape, started, None, True))).start()
+        threading.Timer(max_seconds, lambda: os._exit(_report(loaded, built, samples, words, shape, started, None, True, progress))).start()
     doc = pipe(doc)
     done.set()
-    return _result(loaded, built, samples, words, shape, started, doc, False)
+    return _result(loaded, built, samples, words, shape, started, doc, False, progress)
 
 
-def _result(loaded, built, samples, words, shape, started, doc, stopped) -> Dict[str, Any]:
+def _result(loaded, built, samples, words, shape, started, doc, stopped, progress) -> Dict[str, Any]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {
         "words": words, "shape": shape, "peak_rss_mb": round(peak, 1), "rss_after_load_mb": round(loaded, 1),
         "rss_with_doc_mb": round(built, 1), "seconds": round(time.perf_counter() - started, 1), "stopped_early": stopped,
-        "rss_samples_mb": samples[:: max(1, len(samples) // 60)],
+        "rss_samples_mb": samples[:: max(1, len(samples) // 60)], **progress,
     }
     if doc is not None:
         out.update(segments=doc._.padellm["segments"], entities=len(doc.ents), fallbacks=doc._.padellm["fallbacks"])
@@ -100,6 +109,14 @@ def _result(loaded, built, samples, words, shape, started, doc, stopped) -> Dict
 def _report(*args: Any) -> int:
     print(json.dumps(_result(*args)), flush=True)
     return 0
+
+
+def _finished(row: Dict[str, Any]) -> str:
+    if not row["stopped_early"]:
+        return "yes"
+    if "segments_decoded" not in row:  # rows measured before progress was recorded
+        return "no, stopped"
+    return f"no, stopped after {row['segments_decoded']:,} of {row['segments']:,} segments"
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -148,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             lines.append(
                 f"| {r['words']:,} | {'sentencizer' if r['shape'] == 'sents' else 'none, no punctuation'} | {r['peak_rss_mb']} | "
                 f"{r['rss_after_load_mb']} | {r['rss_with_doc_mb']} | {r.get('segments', '-')} | {r.get('entities', '-')} | "
-                f"{r['seconds']} | {'no, stopped' if r['stopped_early'] else 'yes'} |"
+                f"{r['seconds']} | {_finished(r)} |"
             )
         args.out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf8")
         print("\n".join(lines))

@@ -17,6 +17,8 @@ import spacy
 
 from spacy_padellm.segments import LONGEST_PERCENTILE, PIECE_PERCENTILE, SEGMENT_PERCENTILE, TrainedLengths
 
+PERCENTILES = [SEGMENT_PERCENTILE, 50, PIECE_PERCENTILE, 95, LONGEST_PERCENTILE, 100]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,12 +31,12 @@ def main() -> None:
     with args.train.open(encoding="utf8") as f:
         texts = [json.loads(line)[0] for line in f if line.strip()]
     lengths = pipe._count_many([t for t in texts if t.strip()])
-    quantiles = numpy.percentile(lengths, [50, 90, 95, 99, 100])
+    quantiles = numpy.percentile(lengths, PERCENTILES)
     stats = {
         "source": args.train.as_posix().split("data/", 1)[-1],
         "texts": len(lengths),
         "mean_tokens": round(float(numpy.mean(lengths)), 2),
-        "percentiles": {str(p): float(q) for p, q in zip([50, 90, 95, 99, 100], quantiles)},
+        "percentiles": {str(p): float(q) for p, q in zip(PERCENTILES, quantiles)},
         "percentiles_used": {"budget": SEGMENT_PERCENTILE, "piece": PIECE_PERCENTILE, "longest": LONGEST_PERCENTILE},
         "segments": TrainedLengths.from_lengths(lengths).to_list(),
     }

@@ -3,14 +3,18 @@
 The model was fine-tuned on single sentences; on a long text it predicts a
 few mentions per label and stops (a 2,000-word article: 9 of 108 entities).
 So a doc is decoded in segments shaped like the training texts: whole
-sentences, packed up to a token budget (the median training text). A
+sentences, packed only while they stay as short as the short training
+texts (the 15th percentile): every training text was one line, and two
+lines packed together read like none of them. A
 sentence longer than the budget but no longer than nearly all training
 texts (the 99th percentile) is a segment of its own: the model has seen
 such sentences, and cutting one would lose entities. Only a longer
-sentence is cut, at token boundaries, into overlapping pieces about as long
-as most training texts; each piece keeps only the spans that start in its
-own part of the overlap, so an entity at a cut is found whole by one piece
-and never twice.
+sentence (a run-on: a results table, an itinerary) is cut into parts about
+as long as most training texts: before the tokens the senter finds likeliest
+to start a sentence where it sees any, else at token boundaries into
+overlapping pieces; each piece keeps only the spans that start in its own
+part of the overlap, so an entity at a cut is found whole by one piece and
+never twice.
 
 The sentences come from `doc.sents` when a sentencizer, senter or parser set
 them. Else, for English, from a small `senter` shipped in the package
@@ -40,8 +44,12 @@ _SENTENCIZER = Sentencizer()
 # without punctuation still ends a sentence: headlines, datelines, bylines.
 SHORT_LINE = 10
 # The segment budget is this percentile of the training texts' lengths in
-# model tokens (chosen on CoNLL-03 dev sentences 0-499; see the README).
-SEGMENT_PERCENTILE = 50
+# model tokens. Chosen on CoNLL-03 dev sentences 0-499, docs without
+# sentences split by the senter: 93.04 span F1 at the 15th percentile (10
+# tokens), 91.75 at the median (20), 92.99 with no packing at all; packing
+# two short lines (a byline and a dateline, two results rows) into one
+# text loses their entities, since every training text was one line.
+SEGMENT_PERCENTILE = 15
 # A sentence that must be cut is cut into pieces of this percentile of the
 # training texts' lengths (or of the budget, when that is larger): pieces
 # about as long as most training texts.
@@ -67,6 +75,12 @@ SENTER_MARGIN = 16
 # dev 0-499, where the senter misses table rows with confidence
 # (`benchmarks/senter_threshold.py`).
 SENTER_THRESHOLD = 0.5
+# A run-on that must be cut is cut before the token the senter finds
+# likeliest to start a sentence, when that probability reaches this. On
+# CoNLL-03 dev 0-499 joined by spaces, 87% of the true starts reach it and
+# 0.2% of the tokens inside entities (at 0.01: 91% and 3.6%; a cut inside
+# an entity loses it, as no overlap follows a cut at a likely start).
+LIKELY_START = 0.1
 
 
 @dataclass(frozen=True)
@@ -125,53 +139,84 @@ def sentences(doc: Doc, split: str = "auto") -> List[Tuple[int, int]]:
     senter's (`split = "auto"` and an English doc), else the rule-based ones
     (sentence-final punctuation, blank lines, and line breaks after short
     lines: headlines and datelines end without a full stop)."""
+    return _sentences_and_starts(doc, split)[0]
+
+
+def _sentences_and_starts(doc: Doc, split: str) -> Tuple[List[Tuple[int, int]], Callable[[int, int], Optional[numpy.ndarray]]]:
+    """`sentences`, and a function from a token range to each of its
+    tokens' probability of starting a sentence (None where the senter does
+    not apply: rules, or another language), computed once for the doc when
+    the senter split it, else on demand for the range alone."""
+    use_model = split == "auto" and doc.lang_ == SENTENCE_MODEL_LANG
     if doc.has_annotation("SENT_START"):
-        return [(s.start, s.end) for s in doc.sents]
-    model = sentence_model() if split == "auto" and doc.lang_ == SENTENCE_MODEL_LANG else None
-    if model is not None:
-        starts = [0] + [i for i in model(doc) if i > 0 and not doc[i].is_space]
-        return list(zip(starts, starts[1:] + [len(doc)]))
-    return _rule_sentences(doc)
+
+        def on_demand(start: int, end: int) -> Optional[numpy.ndarray]:
+            model = sentence_model() if use_model else None
+            return None if model is None else model.range_probabilities(doc, start, end)
+
+        return [(s.start, s.end) for s in doc.sents], on_demand
+    model = sentence_model() if use_model else None
+    if model is None:
+        return _rule_sentences(doc), lambda start, end: None
+    probabilities = model.probabilities(doc)
+    starts = [0] + [int(i) for i in numpy.flatnonzero(probabilities >= SENTER_THRESHOLD) if i > 0 and not doc[int(i)].is_space]
+    return list(zip(starts, starts[1:] + [len(doc)])), lambda start, end: probabilities[start:end]
 
 
-def sentence_model() -> Optional[Callable[..., List[int]]]:
-    """The shipped senter as a function from a doc to the indices of the
-    tokens that start a sentence (the doc is not changed; `threshold`, the
-    least probability of a start, defaults to SENTER_THRESHOLD); None when
-    the package was installed without it."""
+def sentence_model() -> Optional["SentenceModel"]:
+    """The shipped senter (`SentenceModel`); None when the package was
+    installed without it."""
     with _SENTENCE_MODEL_LOCK:  # threads on a cold start load it once
         return _load_sentence_model(SENTENCE_MODEL)
 
 
 @lru_cache(maxsize=None)
-def _load_sentence_model(path: Path) -> Optional[Callable[..., List[int]]]:
+def _load_sentence_model(path: Path) -> Optional["SentenceModel"]:
     if not (path / "config.cfg").exists():
         return None
     import spacy
 
-    senter = spacy.load(path).get_pipe("senter")
-    start = list(senter.labels).index("S")
+    return SentenceModel(spacy.load(path).get_pipe("senter"))
 
-    def starts(doc: Doc, threshold: Optional[float] = None) -> List[int]:
+
+class SentenceModel:
+    """A `senter` as a function from a doc to the indices of the tokens that
+    start a sentence (the doc is not changed), and to every token's
+    probability of starting one, which says where a run-on that must be cut
+    most likely holds a sentence boundary."""
+
+    def __init__(self, senter: Any) -> None:
+        self.senter = senter
+        self.start = list(senter.labels).index("S")
+
+    def __call__(self, doc: Doc, threshold: Optional[float] = None) -> List[int]:
+        """Tokens whose probability of a start is at least `threshold`
+        (default SENTER_THRESHOLD)."""
         least = SENTER_THRESHOLD if threshold is None else threshold
-        # In chunks, so that a 200,000-word doc needs no more memory than a
-        # short one; each chunk has SENTER_MARGIN tokens of context on each
-        # side (more than the CNN's receptive field of 4 tokens).
-        found: List[int] = []
+        return [int(i) for i in numpy.flatnonzero(self.probabilities(doc) >= least)]
+
+    def probabilities(self, doc: Doc) -> numpy.ndarray:
+        """Each token's probability of starting a sentence. In chunks, so
+        that a 200,000-word doc needs no more memory than a short one; each
+        chunk has SENTER_MARGIN tokens of context on each side (more than
+        the CNN's receptive field of 4 tokens)."""
+        found = numpy.zeros(len(doc), dtype="float32")
         for first in range(0, len(doc), SENTER_CHUNK):
             lo, hi = max(0, first - SENTER_MARGIN), min(len(doc), first + SENTER_CHUNK + SENTER_MARGIN)
             chunk = doc if (lo, hi) == (0, len(doc)) else doc[lo:hi].as_doc()
-            logits = senter.model.ops.to_numpy(senter.model.predict([chunk])[0])
+            logits = self.senter.model.ops.to_numpy(self.senter.model.predict([chunk])[0])
             # the senter's model ends in logits: its probability of a start
             shifted = numpy.exp(logits - logits.max(axis=1, keepdims=True))
-            p_start = shifted[:, start] / shifted.sum(axis=1)
-            found.extend(
-                lo + int(i) for i in numpy.flatnonzero(p_start >= least)
-                if first <= lo + i < first + SENTER_CHUNK
-            )
+            p_start = shifted[:, self.start] / shifted.sum(axis=1)
+            last = min(len(doc), first + SENTER_CHUNK)
+            found[first:last] = p_start[first - lo : last - lo]
         return found
 
-    return starts
+    def range_probabilities(self, doc: Doc, start: int, end: int) -> numpy.ndarray:
+        """`probabilities` of tokens [start, end), read with SENTER_MARGIN
+        tokens of context on each side."""
+        lo, hi = max(0, start - SENTER_MARGIN), min(len(doc), end + SENTER_MARGIN)
+        return self.probabilities(doc[lo:hi].as_doc())[start - lo : end - lo]
 
 
 def _rule_sentences(doc: Doc) -> List[Tuple[int, int]]:
@@ -213,8 +258,9 @@ def split_segments(
     """Segments covering every token of `doc` (tokens that are only
     whitespace need not be covered): whole sentences (see `sentences` for
     `split`) packed up to `budget` model tokens, a sentence of up to
-    `sentence_limit` tokens on its own, longer ones in overlapping pieces
-    of `piece` tokens (at least `budget`)."""
+    `sentence_limit` tokens on its own, longer ones cut into parts of up to
+    `piece` tokens (at least `budget`) where the senter sees the likeliest
+    sentence starts, else into overlapping pieces."""
     sentence_limit = max(budget, sentence_limit)
     piece = min(max(budget, piece), sentence_limit)
     text = doc.text
@@ -223,7 +269,8 @@ def split_segments(
     if count_tokens([text])[0] <= budget:
         return [Segment(0, len(text), 0, len(text))]
     sents, ranges = [], []
-    for s, e in sentences(doc, split):
+    found, start_probabilities = _sentences_and_starts(doc, split)
+    for s, e in found:
         a, b = _chars(doc, s, e)
         if text[a:b].strip():
             sents.append((s, e))
@@ -242,7 +289,7 @@ def split_segments(
     for i, size in enumerate(sizes):
         if size > sentence_limit:
             flush()
-            segments.extend(_split_sentence(doc, text, *sents[i], count_tokens, piece))
+            segments.extend(_split_sentence(doc, text, *sents[i], count_tokens, piece, start_probabilities(*sents[i])))
             continue
         if size > budget:
             flush()
@@ -267,30 +314,93 @@ def _pack(text: str, ranges: List[Tuple[int, int]], count_tokens: CountTokens, b
     return _pack(text, ranges[:mid], count_tokens, budget) + _pack(text, ranges[mid:], count_tokens, budget)
 
 
-def _split_sentence(doc: Doc, text: str, start: int, end: int, count_tokens: CountTokens, budget: int) -> List[Segment]:
-    """A sentence longer than the budget, in pieces of whole tokens that
-    overlap by about a quarter of the budget. The boundary between two
-    pieces' kept parts lies in the middle of their overlap, so a span of
-    up to an eighth of the budget that starts near a cut is whole in the
-    piece that keeps it."""
+def _split_sentence(
+    doc: Doc,
+    text: str,
+    start: int,
+    end: int,
+    count_tokens: CountTokens,
+    budget: int,
+    start_probabilities: Optional[numpy.ndarray] = None,
+) -> List[Segment]:
+    """A sentence longer than the budget, in parts of whole tokens.
+
+    Where the senter's probabilities of a sentence start are given (a
+    run-on it did not split: a results table, an itinerary, a list of
+    names), each part ends before the likeliest start within the budget,
+    so the parts read like the lines they were. Stretches with no likely
+    start are cut into pieces that overlap by about a quarter of the
+    budget; the boundary between two pieces' kept parts lies in the middle
+    of their overlap, so a span of up to an eighth of the budget that
+    starts near a cut is whole in the piece that keeps it."""
     tokens = [t for t in doc[start:end] if not t.is_space]
     # Byte-level tokenizers fold a space into the word after it: count each
     # token with the space before it, as it reads inside the piece.
     sizes = count_tokens([(" " if k and tokens[k - 1].whitespace_ else "") + t.text for k, t in enumerate(tokens)])
+    if start_probabilities is None:
+        parts = [(0, len(tokens), False)]
+    else:
+        parts = _likely_parts(sizes, [float(start_probabilities[t.i - start]) for t in tokens], budget)
+    segments: List[Segment] = []
+    for first, last, whole in parts:
+        if whole:
+            a, b = tokens[first].idx, tokens[last - 1].idx + len(tokens[last - 1].text)
+            segments.append(Segment(a, b, a, b))
+        else:
+            pieces = [(first + x, first + y) for x, y in _overlapping_pieces(sizes[first:last], budget)]
+            segments.extend(_pieces_to_segments(text, tokens, pieces, count_tokens, budget))
+    return segments
+
+
+def _likely_parts(sizes: List[int], p_start: List[float], budget: int) -> List[Tuple[int, int, bool]]:
+    """(first, last, whole) token ranges that cover the tokens in order.
+    A whole part fits the budget and ends before the likeliest sentence
+    start (probability at least LIKELY_START, at least a quarter of the
+    budget in) of the stretch that fits; a part that is not whole has no
+    such start and is left for the overlapping cut."""
+    least = max(1, budget // 4)
+    parts: List[Tuple[int, int, bool]] = []
+    first, n = 0, len(sizes)
+    while first < n:
+        used, last, best = 0, first, -1
+        while last < n and used + sizes[last] <= budget:
+            used += sizes[last]
+            last += 1
+            if last < n and used >= least and p_start[last] >= LIKELY_START and (best < 0 or p_start[last] > p_start[best]):
+                best = last
+        if last == n and last > first:
+            parts.append((first, n, True))
+            break
+        if best >= 0:
+            parts.append((first, best, True))
+            first = best
+            continue
+        # No likely start within reach: up to the next one, cut with overlaps.
+        stop = max(last, first + 1)
+        while stop < n and p_start[stop] < LIKELY_START:
+            stop += 1
+        parts.append((first, stop, False))
+        first = stop
+    return parts
+
+
+def _overlapping_pieces(sizes: List[int], budget: int) -> List[Tuple[int, int]]:
+    """Token index ranges of pieces of up to `budget` tokens (a longer token
+    alone) that overlap by about a quarter of the budget."""
     overlap = max(1, budget // 4)
-    pieces: List[Tuple[int, int]] = []  # token index ranges into `tokens`
+    pieces: List[Tuple[int, int]] = []
     first = 0
-    while first < len(tokens):
+    while first < len(sizes):
         if sizes[first] > budget:
             pieces.append((first, first + 1))
             first += 1
             continue
         last, used = first, 0
-        while last < len(tokens) and used + sizes[last] <= budget:
+        while last < len(sizes) and used + sizes[last] <= budget:
             used += sizes[last]
             last += 1
         pieces.append((first, last))
-        if last == len(tokens):
+        if last == len(sizes):
             break
         back, carried = last, 0  # start the next piece `overlap` tokens back
         while back - 1 > first and carried + sizes[back - 1] <= overlap:
@@ -298,7 +408,7 @@ def _split_sentence(doc: Doc, text: str, start: int, end: int, count_tokens: Cou
             carried += sizes[back]
         # No overlap before a token that could not share a piece with it.
         first = back if carried + sizes[last] <= budget else last
-    return _pieces_to_segments(text, tokens, pieces, count_tokens, budget)
+    return pieces
 
 
 def _pieces_to_segments(

@@ -1,5 +1,6 @@
 """Long docs are decoded in segments of whole sentences, shaped like the
 training texts; nothing is lost at segment boundaries."""
+import numpy
 import pytest
 import spacy
 
@@ -123,7 +124,7 @@ def test_a_sentence_longer_than_the_budget_is_cut_in_overlapping_pieces():
     words = [f"w{i}" for i in range(100)]
     doc = nlp(" ".join(words))
     budget = 16
-    segments = split_segments(doc, count_words, budget)
+    segments = split_segments(doc, count_words, budget, split="rules")  # no senter: no likely starts
     assert len(segments) > 100 // budget
     assert all(count_words([doc.text[s.start : s.end]])[0] <= budget for s in segments)
     for a, b in zip(segments, segments[1:]):
@@ -134,6 +135,33 @@ def test_a_sentence_longer_than_the_budget_is_cut_in_overlapping_pieces():
         # a two-token entity starting here is whole in the piece that keeps it
         if token.i + 1 < len(doc):
             assert doc[token.i + 1].idx + len(doc[token.i + 1]) <= owners[0].end
+
+
+def test_a_run_on_is_cut_before_its_likeliest_sentence_starts():
+    """Where the senter sees likely starts in a run-on it did not split (a
+    results table), the parts end there, whole and without overlap; a
+    stretch with none is still cut into overlapping pieces."""
+    from spacy_padellm.segments import LIKELY_START, _split_sentence
+
+    nlp = spacy.blank("en")
+    doc = nlp(" ".join(f"w{i}" for i in range(60)))
+    p = numpy.zeros(len(doc), dtype="float32")
+    p[5], p[10], p[22] = LIKELY_START, 0.4, 0.3  # 10 beats 5 within the first 12 tokens
+    segments = _split_sentence(doc, doc.text, 0, len(doc), count_words, 12, p)
+    texts = [doc.text[s.start : s.end] for s in segments]
+    assert texts[:2] == [doc[0:10].text, doc[10:22].text]
+    assert all(s.keep_start == s.start and s.keep_end == s.end for s in segments[:2])
+    rest = segments[2:]  # w22-w59: no likely start, so overlapping pieces
+    assert rest[0].start == doc[22].idx and len(rest) > 1
+    assert all(b.start < a.end for a, b in zip(rest, rest[1:]))
+    for token in doc:
+        assert len(kept_by(segments, token.idx)) == 1, token.text
+    assert all(count_words([t])[0] <= 12 for t in texts)
+    below = p.copy()
+    below[[5, 10, 22]] = LIKELY_START / 2  # unlikely starts: the old overlapping cut
+    assert _split_sentence(doc, doc.text, 0, len(doc), count_words, 12, below) == _split_sentence(
+        doc, doc.text, 0, len(doc), count_words, 12
+    )
 
 
 def test_a_huge_token_is_cut_by_characters(tiny_model_dir):
