@@ -15,7 +15,8 @@ so a bound that does not hold shows as growth. Two shapes:
         --out benchmarks/results/memory_cpu
 
 `--max-seconds S` stops a case after S seconds of decoding (its row then
-says how far it got): the 200,000-word doc takes about an hour on 2 cores.
+says how far it got): the 200,000-word doc takes about 90 minutes with one
+torch thread (2-core CPU, the two shapes side by side).
 """
 import argparse
 import json
@@ -86,10 +87,15 @@ def case(data: Path, words: int, shape: str, max_seconds: Optional[float]) -> Di
 
     pipe._decoder = counted  # so a stopped case says how far it got
     started = time.perf_counter()
+    timer = None
     if max_seconds:
         # When the time is up, report the peak so far and end the process.
-        threading.Timer(max_seconds, lambda: os._exit(_report(loaded, built, samples, words, shape, started, None, True, progress))).start()
+        timer = threading.Timer(max_seconds, lambda: os._exit(_report(loaded, built, samples, words, shape, started, None, True, progress)))
+        timer.daemon = True  # a finished case must not wait for it
+        timer.start()
     doc = pipe(doc)
+    if timer is not None:
+        timer.cancel()
     done.set()
     return _result(loaded, built, samples, words, shape, started, doc, False, progress)
 
