@@ -8,8 +8,8 @@ so a bound that does not hold shows as growth. Two shapes:
 
 - `sents`: a sentencizer sets `doc.sents` (whole sentences are packed);
 - `none`: no sentence boundaries and no sentence-final punctuation at
-  all, so the doc is one sentence of W words, cut into overlapping pieces
-  at token boundaries.
+  all: the component's own split (the shipped senter for English) finds
+  the sentences, and the run-ons it leaves are cut into parts.
 
     python benchmarks/memory.py ../shared/data/conll03/dev.jsonl --words 2000,20000,200000 \
         --out benchmarks/results/memory_cpu
