@@ -14,12 +14,14 @@ the ratios are also given as the median of the per-block ratios.
     python benchmarks/long_docs.py ../shared/data/conll03/dev.jsonl --lines 500:1300 \
         --out benchmarks/results/long_docs_cpu
 
-`--segment-tokens 20,42,64` compares segment budgets (the selection of
-the default was made that way on lines 0:500). `--sents` says where the
+`--segment-tokens 20,42,64` compares segment budgets, `--stretch 42,20`
+the pieces of run-on stretches without likely starts (the selections of
+the defaults were made that way on lines 0:500). `--sents` says where the
 sentences come from: `data` (the file's sentences as `doc.sents`, as a
 senter or parser would set them), `auto` (no `doc.sents`: the component's
 default split, the shipped senter) or `rules` (no `doc.sents`, and
-`sentence_split = "rules"`).
+`sentence_split = "rules"`). `--pipeline PATH` measures a saved pipeline
+(a model trained otherwise) instead of the default one.
 """
 import argparse
 import json
@@ -73,11 +75,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--segment-tokens", default="", help="segment budgets to compare (default: the pipeline's)")
     parser.add_argument("--sents", default="auto", help="comma-separated: 'data' (the file's sentences as doc.sents), 'auto' (none: the component splits them) and/or 'rules' (none, and sentence_split = 'rules')")
     parser.add_argument("--batch-size", type=int, default=64, help="nlp.pipe batch size (docs per call)")
+    parser.add_argument("--stretch", default="", help="sizes of the pieces of a run-on stretch without likely starts to compare (default: the pipeline's)")
+    parser.add_argument("--pipeline", default=None, help="a saved pipeline to measure instead of the default one")
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md)")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     budgets: List[Optional[int]] = [int(x) for x in args.segment_tokens.split(",") if x] or [None]
-    system = systems.padellm("parallel")
+    stretches: List[Optional[int]] = [int(x) for x in args.stretch.split(",") if x] or [None]
+    system = systems.padellm("parallel", path=args.pipeline)
     nlp, pipe = system.nlp, system.padellm_pipe()
     sentences = read_rows(args.data, *args.lines)
     block = max(sizes)
@@ -88,18 +93,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     modes = args.sents.split(",")
     if set(modes) - {"data", "auto", "rules"}:
         parser.error(f"--sents takes data, auto and rules, not {args.sents!r}")
-    variants: List[Tuple[str, int, Optional[int], str]] = [("sentences", 1, 0, "data")] + [
-        (f"{n} per doc" + (f", segment_tokens {b}" if b else "") + f", sentences from {SOURCES[mode]}", n, b, mode)
-        for mode in modes for b in budgets for n in sizes
+    variants: List[Tuple[str, int, Optional[int], Optional[int], str]] = [("sentences", 1, 0, None, "data")] + [
+        (f"{n} per doc" + (f", segment_tokens {b}" if b else "") + (f", stretch pieces {x}" if x else "")
+         + f", sentences from {SOURCES[mode]}", n, b, x, mode)
+        for mode in modes for b in budgets for x in stretches for n in sizes
     ]
     totals: Dict[str, Dict[str, Any]] = {v[0]: {"seconds": 0.0, "examples": [], "segments": 0, "docs": 0, "block_seconds": []} for v in variants}
     words = sum(len(row[0].split(" ")) for b in blocks for row in b)
     configured = pipe.cfg["segment_tokens"]
+    lengths = pipe.cfg.get("trained_text_tokens")
     run(nlp, [joined_example(nlp, blocks[0][:2])], args.batch_size)  # load the model outside the timings
     for k, sents in enumerate(blocks):
         order = variants[k % len(variants) :] + variants[: k % len(variants)]
-        for name, n, budget, mode in order:
+        for name, n, budget, stretch, mode in order:
             pipe.cfg["segment_tokens"] = budget if budget is not None else configured
+            trained = pipe.trained_lengths
+            pipe.cfg["trained_text_tokens"] = lengths if stretch is None else [trained.budget, trained.piece, trained.longest, stretch]
             pipe.cfg["sentence_split"] = "rules" if mode == "rules" else "auto"
             examples = [joined_example(nlp, sents[i : i + n], mode == "data") for i in range(0, len(sents), n)]
             seconds, docs = run(nlp, examples, args.batch_size)
@@ -113,11 +122,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             entry["docs"] += len(docs)
             print(f"block {k + 1}/{len(blocks)} {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
     pipe.cfg["segment_tokens"] = configured
+    pipe.cfg["trained_text_tokens"] = lengths
     pipe.cfg["sentence_split"] = "auto"
     scorer = Scorer(nlp)
     base = totals["sentences"]
     rows = []
-    for name, n, budget, _ in variants:
+    for name, n, budget, _, _ in variants:
         entry = totals[name]
         scores = scorer.score(entry["examples"])
         per_block = [s / b for s, b in zip(entry["block_seconds"], base["block_seconds"])]

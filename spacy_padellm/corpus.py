@@ -232,6 +232,9 @@ class JsonlCorpus:
         skip: int = 0,
         context_sentences: int = 0,
         context_share: float = 1.0,
+        joined_lines: int = 0,
+        joined_share: float = 1.0,
+        joined_max_words: int = 40,
     ) -> None:
         check_end(end, path)
         if skip < 0 or limit < 0:
@@ -240,6 +243,13 @@ class JsonlCorpus:
             raise ValueError(Errors.E2105.format(value=context_sentences))
         if isinstance(context_share, bool) or not isinstance(context_share, (int, float)) or not 0 <= context_share <= 1:
             raise ValueError(Errors.E2106.format(value=context_share))
+        for name, value in (("joined_lines", joined_lines), ("joined_max_words", joined_max_words)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(Errors.E2107.format(name=name, value=value))
+        if isinstance(joined_share, bool) or not isinstance(joined_share, (int, float)) or not 0 <= joined_share <= 1:
+            raise ValueError(Errors.E2108.format(value=joined_share))
+        if joined_lines > 1 and context_sentences:
+            raise ValueError(Errors.E2109)
         self.path = Path(path)
         self.end = end
         self.spans_key = spans_key
@@ -249,11 +259,16 @@ class JsonlCorpus:
         self.skip = skip
         self.context_sentences = context_sentences
         self.context_share = float(context_share)
+        self.joined_lines = joined_lines
+        self.joined_share = float(joined_share)
+        self.joined_max_words = joined_max_words
 
     def __call__(self, nlp: Language) -> Iterator[Example]:
         docs = read_jsonl_docs(self.path, nlp, end=self.end, spans_key=self.spans_key, lang=self.lang)
         if self.context_sentences:
             docs = with_preceding_context(docs, self.context_sentences, self.context_share)
+        if self.joined_lines > 1:
+            docs = join_lines(docs, self.joined_lines, self.joined_share, self.joined_max_words, self.spans_key)
         stop = self.skip + self.limit if self.limit else None
         selected: Any = itertools.islice(docs, self.skip, stop)
         if self.shuffle:
@@ -289,6 +304,49 @@ def with_preceding_context(docs: Iterator[Doc], n: int, share: float = 1.0) -> I
         yield doc
 
 
+def join_lines(docs: Iterator[Doc], most: int, share: float, max_words: int, spans_key: str) -> Iterator[Doc]:
+    """Consecutive lines joined by spaces into one training text, with all
+    their spans: what a segment is when the sentence split missed a
+    boundary (a dateline run into its story, results rows run together),
+    which a model trained on single lines reads badly. With `share` < 1
+    only that share of the texts (drawn with Python's `random`, which
+    `spacy train` seeds) starts a joined text, of 2 to `most` lines drawn
+    alike, and a line that would take it past `max_words` words is not
+    added; the other lines stay as they are."""
+    group: List[Doc] = []
+    want = 1
+    for doc in docs:
+        if group and (len(group) >= want or sum(len(d) for d in group) + len(doc) > max_words):
+            yield _join(group, spans_key)
+            group = []
+        if not group:
+            want = random.randint(2, most) if (share >= 1 or random.random() < share) else 1
+        group.append(doc)
+    if group:
+        yield _join(group, spans_key)
+
+
+def _join(docs: List[Doc], spans_key: str) -> Doc:
+    """One doc of `docs` joined by single spaces, their spans shifted."""
+    if len(docs) == 1:
+        return docs[0]
+    words: List[str] = []
+    spaces: List[bool] = []
+    spans: List[Tuple[int, int, str]] = []
+    for doc in docs:
+        offset = len(words)
+        words.extend(token.text for token in doc)
+        spaces.extend(bool(token.whitespace_) for token in doc)
+        spaces[-1] = True
+        spans.extend((offset + span.start, offset + span.end, span.label_) for span in doc.spans[spans_key])
+    spaces[-1] = bool(docs[-1][-1].whitespace_)
+    joined = Doc(docs[0].vocab, words=words, spaces=spaces)
+    group = [Span(joined, start, end, label=label) for start, end, label in spans]
+    joined.spans[spans_key] = SpanGroup(joined, name=spans_key, spans=group)
+    joined.ents = filter_spans(group)
+    return joined
+
+
 def make_jsonl_corpus(
     path: Path,
     end: str = "inclusive",
@@ -299,6 +357,9 @@ def make_jsonl_corpus(
     skip: int = 0,
     context_sentences: int = 0,
     context_share: float = 1.0,
+    joined_lines: int = 0,
+    joined_share: float = 1.0,
+    joined_max_words: int = 40,
 ) -> Callable[[Language], Iterator[Example]]:
     """`spacy_padellm.JsonlCorpus.v1`: like `spacy.Corpus.v1`, for the JSONL
     corpora. `end` is the file's end convention ("exclusive" for genia);
@@ -309,8 +370,13 @@ def make_jsonl_corpus(
     Python's `random`, which `spacy train` seeds). `context_sentences` > 0
     trains with preceding context: each text's prompt follows the text of
     the lines before it, as behind the long-document memory; `context_share`
-    gives that context to only a share of the texts (drawn anew each epoch)."""
+    gives that context to only a share of the texts (drawn anew each epoch).
+    `joined_lines` > 1 joins that share (`joined_share`) of the texts with
+    the lines after them, 2 to `joined_lines` lines of at most
+    `joined_max_words` words in all, into one text with all their spans:
+    the shape of a segment whose sentence boundary the split missed."""
     return JsonlCorpus(
         path, end=end, spans_key=spans_key, lang=lang, limit=limit, shuffle=shuffle, skip=skip,
         context_sentences=context_sentences, context_share=context_share,
+        joined_lines=joined_lines, joined_share=joined_share, joined_max_words=joined_max_words,
     )

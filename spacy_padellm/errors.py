@@ -148,6 +148,11 @@ class Errors(metaclass=ErrorsWithCodes):
              "before each text that its prompt follows in training), got {value!r}.")
     E2106 = ("`context_share` must be a number from 0 to 1 (the share of training "
              "texts that get their preceding context), got {value!r}.")
+    E2107 = ("`{name}` must be a whole number of 0 or more, got {value!r}.")
+    E2108 = ("`joined_share` must be a number from 0 to 1 (the share of training "
+             "texts joined with the lines after them), got {value!r}.")
+    E2109 = ("`joined_lines` and `context_sentences` cannot both be set: a joined "
+             "text has no single line whose context it would follow. Set one of them to 0.")
     E2040 = ("zero_count_penalty must be a number of 0 or more (a log-probability "
             "subtracted from count 0 when a label's count is chosen), got {value!r}. "
             "0 turns it off; larger values predict more entities.")

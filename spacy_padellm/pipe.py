@@ -413,9 +413,12 @@ class PaDeLLMNER(TrainablePipe):
     def _segments(self, doc: Doc) -> List[Segment]:
         budget = self.segment_budget
         if budget is not None:
-            piece = self._within_context(self.trained_lengths.piece)
+            lengths = self.trained_lengths
+            piece = self._within_context(lengths.piece)
             split = self.cfg.get("sentence_split", "auto")
-            return split_segments(doc, self._count_many, budget, self.sentence_limit, piece, split)
+            return split_segments(
+                doc, self._count_many, budget, self.sentence_limit, piece, split, self._within_context(lengths.stretch)
+            )
         if self._text_budget is not None:
             return split_segments(doc, self._count_many, self._text_budget, split="rules")
         text = doc.text
