@@ -3,7 +3,7 @@ benchmarks (`long_docs.py`, `long_memory.py`).
 
 A row of the data files is `[text, [start, end, text, label], ...]` with
 whitespace-token indices (end inclusive in CoNLL-03, exclusive in GENIA).
-The sentences are joined by single spaces; gold spans are shifted into the
+The sentences are joined by single spaces (or line breaks); gold spans are shifted into the
 joined doc, kept whole in the span group `padellm` (nested ones included)
 and, without overlaps, as `doc.ents`.
 """
@@ -21,21 +21,30 @@ def read_rows(path: Path, start: int, stop: int) -> List[list]:
         return [json.loads(line) for i, line in enumerate(f) if start <= i < stop]
 
 
-def joined_reference(nlp: Language, rows: Sequence[list], end_inclusive: bool = True) -> Doc:
-    """The gold doc of the rows' sentences joined by spaces: the file's
+def joined_reference(nlp: Language, rows: Sequence[list], end_inclusive: bool = True, separator: str = " ") -> Doc:
+    """The gold doc of the rows' sentences joined by `separator` (a space,
+    or a line break as a text that keeps its lines has them): the file's
     tokens and sentences, its spans in `doc.spans["padellm"]`, and those
     that do not overlap as `doc.ents`."""
+    if separator not in (" ", "\n"):
+        raise ValueError(f"separator must be a space or a line break, not {separator!r}")
     words: List[str] = []
+    spaces: List[bool] = []
     starts, spans = [], []
-    for row in rows:
+    for k, row in enumerate(rows):
+        if k and separator == "\n":
+            spaces[-1] = False
+            words.append("\n")
+            spaces.append(False)
         offset = len(words)
         starts.append(offset)
         words.extend(row[0].split(" "))
+        spaces.extend([True] * len(row[0].split(" ")))
         spans.extend((offset + s, offset + e + (1 if end_inclusive else 0), label) for s, e, _, label in row[1:])
     sent_starts = [False] * len(words)
     for s in starts:
         sent_starts[s] = True
-    reference = Doc(nlp.vocab, words=words, sent_starts=sent_starts)
+    reference = Doc(nlp.vocab, words=words, spaces=spaces, sent_starts=sent_starts)
     gold = [Span(reference, s, e, label=label) for s, e, label in spans]
     reference.spans["padellm"] = gold
     flat, used = [], set()

@@ -14,13 +14,13 @@ the ratios are also given as the median of the per-block ratios.
     python benchmarks/long_docs.py ../shared/data/conll03/dev.jsonl --lines 500:1300 \
         --out benchmarks/results/long_docs_cpu
 
-`--segment-tokens 20,42,64` compares segment budgets, `--stretch 42,20`
-the pieces of run-on stretches without likely starts (the selections of
-the defaults were made that way on lines 0:500). `--sents` says where the
+`--segment-tokens 20,42,64` compares segment budgets (the selection of
+the default was made that way on lines 0:500). `--sents` says where the
 sentences come from: `data` (the file's sentences as `doc.sents`, as a
 senter or parser would set them), `auto` (no `doc.sents`: the component's
 default split, the shipped senter) or `rules` (no `doc.sents`, and
-`sentence_split = "rules"`). `--pipeline PATH` measures a saved pipeline
+`sentence_split = "rules"`). `--join newline` joins the sentences by line
+breaks instead of spaces, as a text that keeps its lines. `--pipeline PATH` measures a saved pipeline
 (a model trained otherwise) instead of the default one.
 """
 import argparse
@@ -47,12 +47,12 @@ from line_range import line_range  # noqa: E402
 SOURCES = {"data": "data", "auto": "the senter", "rules": "the rules"}
 
 
-def joined_example(nlp: Language, rows: Sequence[list], data_sents: bool = False) -> Example:
-    """One doc of the rows' sentences joined by spaces, tokenized by the
-    pipeline. data_sents: the doc's `doc.sents` are the file's sentences
-    (as a senter or parser would set them); otherwise it has none and the
-    component splits it itself."""
-    reference = joined_reference(nlp, rows)
+def joined_example(nlp: Language, rows: Sequence[list], data_sents: bool = False, separator: str = " ") -> Example:
+    """One doc of the rows' sentences joined by `separator` (spaces or line
+    breaks), tokenized by the pipeline. data_sents: the doc's `doc.sents`
+    are the file's sentences (as a senter or parser would set them);
+    otherwise it has none and the component splits it itself."""
+    reference = joined_reference(nlp, rows, separator=separator)
     predicted = nlp.make_doc(reference.text)
     if data_sents:
         starts = {sent.start_char for sent in reference.sents}
@@ -75,14 +75,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--segment-tokens", default="", help="segment budgets to compare (default: the pipeline's)")
     parser.add_argument("--sents", default="auto", help="comma-separated: 'data' (the file's sentences as doc.sents), 'auto' (none: the component splits them) and/or 'rules' (none, and sentence_split = 'rules')")
     parser.add_argument("--batch-size", type=int, default=64, help="nlp.pipe batch size (docs per call)")
-    parser.add_argument("--stretch", default="", help="sizes of the pieces of a run-on stretch without likely starts to compare (default: the pipeline's)")
+    parser.add_argument("--join", choices=["space", "newline"], default="space", help="what joins the sentences of a doc: a space (no trace of the lines) or a line break (as a text that keeps its lines)")
     parser.add_argument("--pipeline", default=None, help="a saved pipeline to measure instead of the default one")
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md)")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     budgets: List[Optional[int]] = [int(x) for x in args.segment_tokens.split(",") if x] or [None]
-    stretches: List[Optional[int]] = [int(x) for x in args.stretch.split(",") if x] or [None]
     system = systems.padellm("parallel", path=args.pipeline)
+    separator = "\n" if args.join == "newline" else " "
     nlp, pipe = system.nlp, system.padellm_pipe()
     sentences = read_rows(args.data, *args.lines)
     block = max(sizes)
@@ -93,24 +93,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     modes = args.sents.split(",")
     if set(modes) - {"data", "auto", "rules"}:
         parser.error(f"--sents takes data, auto and rules, not {args.sents!r}")
-    variants: List[Tuple[str, int, Optional[int], Optional[int], str]] = [("sentences", 1, 0, None, "data")] + [
-        (f"{n} per doc" + (f", segment_tokens {b}" if b else "") + (f", stretch pieces {x}" if x else "")
-         + f", sentences from {SOURCES[mode]}", n, b, x, mode)
-        for mode in modes for b in budgets for x in stretches for n in sizes
+    variants: List[Tuple[str, int, Optional[int], str]] = [("sentences", 1, 0, "data")] + [
+        (f"{n} per doc" + (f", segment_tokens {b}" if b else "") + f", sentences from {SOURCES[mode]}", n, b, mode)
+        for mode in modes for b in budgets for n in sizes
     ]
     totals: Dict[str, Dict[str, Any]] = {v[0]: {"seconds": 0.0, "examples": [], "segments": 0, "docs": 0, "block_seconds": []} for v in variants}
     words = sum(len(row[0].split(" ")) for b in blocks for row in b)
     configured = pipe.cfg["segment_tokens"]
-    lengths = pipe.cfg.get("trained_text_tokens")
     run(nlp, [joined_example(nlp, blocks[0][:2])], args.batch_size)  # load the model outside the timings
     for k, sents in enumerate(blocks):
         order = variants[k % len(variants) :] + variants[: k % len(variants)]
-        for name, n, budget, stretch, mode in order:
+        for name, n, budget, mode in order:
             pipe.cfg["segment_tokens"] = budget if budget is not None else configured
-            trained = pipe.trained_lengths
-            pipe.cfg["trained_text_tokens"] = lengths if stretch is None else [trained.budget, trained.piece, trained.longest, stretch]
             pipe.cfg["sentence_split"] = "rules" if mode == "rules" else "auto"
-            examples = [joined_example(nlp, sents[i : i + n], mode == "data") for i in range(0, len(sents), n)]
+            examples = [joined_example(nlp, sents[i : i + n], mode == "data", separator) for i in range(0, len(sents), n)]
             seconds, docs = run(nlp, examples, args.batch_size)
             for eg, doc in zip(examples, docs):
                 eg.predicted = doc
@@ -122,12 +118,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             entry["docs"] += len(docs)
             print(f"block {k + 1}/{len(blocks)} {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
     pipe.cfg["segment_tokens"] = configured
-    pipe.cfg["trained_text_tokens"] = lengths
     pipe.cfg["sentence_split"] = "auto"
     scorer = Scorer(nlp)
     base = totals["sentences"]
     rows = []
-    for name, n, budget, _, _ in variants:
+    for name, n, budget, _ in variants:
         entry = totals[name]
         scores = scorer.score(entry["examples"])
         per_block = [s / b for s, b in zip(entry["block_seconds"], base["block_seconds"])]
@@ -143,7 +138,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     for row in rows:
         row["f1_vs_sentences"] = round(row["ents_f"] - base_f, 2)
     result = {
-        "what": f"docs of consecutive sentences vs. the same sentences one per doc, lines {args.lines[0]}:{args.lines[1]} of {args.data}",
+        "what": f"docs of consecutive sentences{' joined by line breaks' if args.join == 'newline' else ''} vs. the same sentences one per doc, lines {args.lines[0]}:{args.lines[1]} of {args.data}",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "date": date.today().isoformat(),
         "command": "python benchmarks/long_docs.py " + " ".join(argv if argv is not None else sys.argv[1:]),

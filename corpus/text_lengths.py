@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy
 import spacy
 
-from spacy_padellm.segments import LONGEST_PERCENTILE, PIECE_PERCENTILE, SEGMENT_PERCENTILE, STRETCH_PERCENTILE, TrainedLengths
+from spacy_padellm.segments import LONGEST_PERCENTILE, PIECE_PERCENTILE, SEGMENT_PERCENTILE, TrainedLengths
 
-PERCENTILES = [SEGMENT_PERCENTILE, STRETCH_PERCENTILE, PIECE_PERCENTILE, 95, LONGEST_PERCENTILE, 100]
+PERCENTILES = [SEGMENT_PERCENTILE, 50, PIECE_PERCENTILE, 95, LONGEST_PERCENTILE, 100]
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
         "texts": len(lengths),
         "mean_tokens": round(float(numpy.mean(lengths)), 2),
         "percentiles": {str(p): float(q) for p, q in zip(PERCENTILES, quantiles)},
-        "percentiles_used": {"budget": SEGMENT_PERCENTILE, "piece": PIECE_PERCENTILE, "longest": LONGEST_PERCENTILE, "stretch": STRETCH_PERCENTILE},
+        "percentiles_used": {"budget": SEGMENT_PERCENTILE, "piece": PIECE_PERCENTILE, "longest": LONGEST_PERCENTILE},
         "segments": TrainedLengths.from_lengths(lengths).to_list(),
     }
     args.output.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf8")

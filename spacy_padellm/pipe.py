@@ -413,12 +413,9 @@ class PaDeLLMNER(TrainablePipe):
     def _segments(self, doc: Doc) -> List[Segment]:
         budget = self.segment_budget
         if budget is not None:
-            lengths = self.trained_lengths
-            piece = self._within_context(lengths.piece)
+            piece = self._within_context(self.trained_lengths.piece)
             split = self.cfg.get("sentence_split", "auto")
-            return split_segments(
-                doc, self._count_many, budget, self.sentence_limit, piece, split, self._within_context(lengths.stretch)
-            )
+            return split_segments(doc, self._count_many, budget, self.sentence_limit, piece, split)
         if self._text_budget is not None:
             return split_segments(doc, self._count_many, self._text_budget, split="rules")
         text = doc.text

@@ -54,14 +54,6 @@ SEGMENT_PERCENTILE = 15
 # training texts' lengths (or of the budget, when that is larger): pieces
 # about as long as most training texts.
 PIECE_PERCENTILE = 90
-# A stretch of a cut sentence in which the senter sees no likely sentence
-# start (a list of names, results rows, an itinerary) is cut into pieces of
-# this percentile instead, the length of a typical training line: a piece
-# of 42 tokens of such a list holds more names than any training line, and
-# the model counts too few of them. Chosen on CoNLL-03 dev sentences 0-499,
-# docs of 50 without sentences: 93.58 span F1 with pieces of the median (20
-# tokens), 93.16 with the 90th percentile (42), 93.28 with 30 or 14.
-STRETCH_PERCENTILE = 50
 # A sentence up to this percentile of the training lengths is decoded
 # whole; beyond it (a run-on of table rows or headlines the rules did not
 # split) it is cut into pieces. Not the maximum: one outlier sets that.
@@ -95,33 +87,26 @@ LIKELY_START = 0.1
 class TrainedLengths:
     """What the segments are sized by, from the training texts' lengths in
     model tokens: the packing budget, the size of the pieces a sentence
-    too long to decode whole is cut into, the longest sentence decoded
-    whole (the 99th percentile), and the pieces of a stretch of it with no
-    likely sentence start (the median; 0 in pipelines saved before it was
-    recorded: half the piece)."""
+    too long to decode whole is cut into, and the longest sentence decoded
+    whole (the 99th percentile)."""
 
     budget: int
     piece: int
     longest: int
-    stretch: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.stretch:
-            object.__setattr__(self, "stretch", max(self.budget, self.piece // 2))
 
     @classmethod
     def from_lengths(cls, lengths: Sequence[int]) -> "TrainedLengths":
         values = numpy.asarray(lengths)
-        budget, piece, longest, stretch = (
+        budget, piece, longest = (
             # "higher": a length some training text has (with few texts the
             # 99th percentile is the longest one, never cut)
             max(1, int(numpy.percentile(values, p, method="higher")))
-            for p in (SEGMENT_PERCENTILE, PIECE_PERCENTILE, LONGEST_PERCENTILE, STRETCH_PERCENTILE)
+            for p in (SEGMENT_PERCENTILE, PIECE_PERCENTILE, LONGEST_PERCENTILE)
         )
-        return cls(budget, piece, longest, stretch)
+        return cls(budget, piece, longest)
 
     def to_list(self) -> List[int]:
-        return [self.budget, self.piece, self.longest, self.stretch]
+        return [self.budget, self.piece, self.longest]
 
 
 @lru_cache(maxsize=None)
@@ -269,19 +254,15 @@ def split_segments(
     sentence_limit: int = 0,
     piece: int = 0,
     split: str = "auto",
-    stretch: int = 0,
 ) -> List[Segment]:
     """Segments covering every token of `doc` (tokens that are only
     whitespace need not be covered): whole sentences (see `sentences` for
     `split`) packed up to `budget` model tokens, a sentence of up to
     `sentence_limit` tokens on its own, longer ones cut into parts of up to
     `piece` tokens (at least `budget`) where the senter sees the likeliest
-    sentence starts, else into overlapping pieces: of up to `stretch`
-    tokens (at least `budget`, at most `piece`; 0: `piece`) where the
-    senter saw no likely start, of `piece` where it did not look."""
+    sentence starts, else into overlapping pieces."""
     sentence_limit = max(budget, sentence_limit)
     piece = min(max(budget, piece), sentence_limit)
-    stretch = min(max(budget, stretch), piece) if stretch else piece
     text = doc.text
     if not text.strip():
         return []
@@ -308,7 +289,7 @@ def split_segments(
     for i, size in enumerate(sizes):
         if size > sentence_limit:
             flush()
-            segments.extend(_split_sentence(doc, text, *sents[i], count_tokens, piece, start_probabilities(*sents[i]), stretch))
+            segments.extend(_split_sentence(doc, text, *sents[i], count_tokens, piece, start_probabilities(*sents[i])))
             continue
         if size > budget:
             flush()
@@ -341,7 +322,6 @@ def _split_sentence(
     count_tokens: CountTokens,
     budget: int,
     start_probabilities: Optional[numpy.ndarray] = None,
-    stretch: int = 0,
 ) -> List[Segment]:
     """A sentence longer than the budget, in parts of whole tokens.
 
@@ -349,9 +329,8 @@ def _split_sentence(
     run-on it did not split: a results table, an itinerary, a list of
     names), each part ends before the likeliest start within the budget,
     so the parts read like the lines they were. Stretches with no likely
-    start are cut into pieces of `stretch` tokens (0: the budget; without
-    probabilities the budget) that overlap by about a quarter of a piece;
-    the boundary between two pieces' kept parts lies in the middle
+    start are cut into pieces that overlap by about a quarter of the
+    budget; the boundary between two pieces' kept parts lies in the middle
     of their overlap, so a span of up to an eighth of the budget that
     starts near a cut is whole in the piece that keeps it."""
     tokens = [t for t in doc[start:end] if not t.is_space]
@@ -360,17 +339,15 @@ def _split_sentence(
     sizes = count_tokens([(" " if k and tokens[k - 1].whitespace_ else "") + t.text for k, t in enumerate(tokens)])
     if start_probabilities is None:
         parts = [(0, len(tokens), False)]
-        stretch = budget
     else:
         parts = _likely_parts(sizes, [float(start_probabilities[t.i - start]) for t in tokens], budget)
-        stretch = stretch or budget
     segments: List[Segment] = []
     for first, last, whole in parts:
         if whole:
             a, b = tokens[first].idx, tokens[last - 1].idx + len(tokens[last - 1].text)
             segments.append(Segment(a, b, a, b))
         else:
-            pieces = [(first + x, first + y) for x, y in _overlapping_pieces(sizes[first:last], stretch)]
+            pieces = [(first + x, first + y) for x, y in _overlapping_pieces(sizes[first:last], budget)]
             segments.extend(_pieces_to_segments(text, tokens, pieces, count_tokens, budget))
     return segments
 

@@ -164,37 +164,6 @@ def test_a_run_on_is_cut_before_its_likeliest_sentence_starts():
     )
 
 
-def test_a_stretch_without_likely_starts_is_cut_into_stretch_pieces():
-    """Where the senter looked and saw no likely start (a list of names),
-    the pieces are of the stretch size (a typical training line), still
-    overlapping and keeping every token once; the likely parts keep the
-    full size, and without the senter the pieces do too."""
-    from spacy_padellm.segments import _split_sentence
-
-    nlp = spacy.blank("en")
-    doc = nlp(" ".join(f"w{i}" for i in range(80)))
-    p = numpy.zeros(len(doc), dtype="float32")
-    p[20] = 0.9
-    segments = _split_sentence(doc, doc.text, 0, len(doc), count_words, 24, p, stretch=8)
-    sizes = [count_words([doc.text[s.start : s.end]])[0] for s in segments]
-    assert doc.text[segments[0].start : segments[0].end] == doc[0:20].text  # a likely part, whole
-    assert max(sizes[1:]) == 8 and len(segments) > 1 + 60 // 8
-    for token in doc:
-        assert len(kept_by(segments, token.idx)) == 1, token.text
-    unlooked = _split_sentence(doc, doc.text, 0, len(doc), count_words, 24, None, stretch=8)
-    assert max(count_words([doc.text[s.start : s.end]])[0] for s in unlooked) == 24
-    whole_doc = split_segments(doc, count_words, 4, sentence_limit=30, piece=24, split="rules", stretch=8)
-    assert max(count_words([doc.text[s.start : s.end]])[0] for s in whole_doc) == 24  # rules: no senter
-
-
-def test_stretch_defaults_to_half_a_piece_for_older_pipelines():
-    from spacy_padellm.segments import TrainedLengths
-
-    assert TrainedLengths(10, 42, 64).stretch == 21
-    assert TrainedLengths(30, 42, 64).stretch == 30  # never below the packing budget
-    assert TrainedLengths.from_lengths(list(range(1, 101))).to_list() == [16, 91, 100, 51]  # "higher" percentiles
-
-
 def test_a_huge_token_is_cut_by_characters(tiny_model_dir):
     nlp = make_nlp(tiny_model_dir)
     nlp.initialize()
@@ -239,8 +208,8 @@ def test_an_article_finds_what_its_sentences_find_alone(memorized_nlp):
 def test_the_segment_budget_is_derived_from_training_texts_and_saved(memorized_nlp, memorized_model_dir):
     pipe = memorized_nlp.get_pipe("padellm_ner")
     lengths = pipe._count_many([t for t, _ in MEMORIZED])
-    budget, piece, longest, stretch = pipe.cfg["trained_text_tokens"]
-    assert min(lengths) <= budget <= stretch <= piece <= longest == max(lengths)  # few texts: the longest is never cut
+    budget, piece, longest = pipe.cfg["trained_text_tokens"]
+    assert min(lengths) <= budget <= piece <= longest == max(lengths)  # few texts: the longest is never cut
     assert pipe.segment_budget == budget and pipe.sentence_limit == longest
     copy = make_nlp(memorized_model_dir, labels=["LOC", "MISC", "PER"])
     copy.from_bytes(memorized_nlp.to_bytes())
