@@ -172,6 +172,14 @@ def memorized_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathF
     return train_to_memorize(tiny_model_dir, tmp_path_factory.mktemp("memorized-llama"))
 
 
+def write_jsonl(path: Path, rows: list) -> Path:
+    """A corpus file in the format of ../shared/data, one row per line."""
+    import json
+
+    path.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf8")
+    return path
+
+
 def make_nlp(model_dir: Path, lang: str = "en", **config):
     import spacy
 

@@ -1,12 +1,13 @@
 """Training on joined lines: consecutive lines as one text with all their
 spans, the shape of a segment whose sentence boundary the split missed."""
-import json
 import random
 
 import pytest
 import spacy
 
 from spacy_padellm.corpus import make_jsonl_corpus
+
+from ..conftest import write_jsonl
 
 LINES = [
     ["GENEVA 1996-08-30", [0, 0, "GENEVA", "LOC"]],
@@ -18,9 +19,7 @@ LINES = [
 
 @pytest.fixture
 def corpus_file(tmp_path):
-    path = tmp_path / "train.jsonl"
-    path.write_text("\n".join(json.dumps(line) for line in LINES), encoding="utf8")
-    return path
+    return write_jsonl(tmp_path / "train.jsonl", LINES)
 
 
 def spans(doc):

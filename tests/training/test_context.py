@@ -1,6 +1,5 @@
 """Training with preceding context: each text's prompt follows the lines
 before it, as the long-document memory puts the text before a segment."""
-import json
 import random
 
 import pytest
@@ -10,7 +9,7 @@ from spacy_padellm.corpus import CONTEXT_KEY, make_jsonl_corpus
 from spacy_padellm.prompt import PromptTemplate, PromptTokenizer
 from spacy_padellm.training import make_item
 
-from ..conftest import make_nlp
+from ..conftest import make_nlp, write_jsonl
 
 LINES = [
     ["Japan began the defence of their Asian Cup title .", [0, 0, "Japan", "LOC"]],
@@ -21,9 +20,7 @@ LINES = [
 
 @pytest.fixture
 def corpus_file(tmp_path):
-    path = tmp_path / "train.jsonl"
-    path.write_text("\n".join(json.dumps(line) for line in LINES), encoding="utf8")
-    return path
+    return write_jsonl(tmp_path / "train.jsonl", LINES)
 
 
 def test_reader_attaches_the_lines_before_each_text(corpus_file, tiny_model_dir):
@@ -63,7 +60,7 @@ def test_bad_context_sentences_is_refused(corpus_file):
 
 def test_context_share_gives_context_to_that_share_of_the_texts(tmp_path, tiny_model_dir):
     path = tmp_path / "many.jsonl"
-    path.write_text("\n".join(json.dumps([f"Line {i} ."]) for i in range(201)), encoding="utf8")
+    write_jsonl(path, [[f"Line {i} ."] for i in range(201)])
     nlp = make_nlp(tiny_model_dir)
 
     def with_context(share: float) -> int:
