@@ -308,7 +308,8 @@ def join_lines(docs: Iterator[Doc], most: int, share: float, max_words: int, spa
     """Consecutive lines joined by spaces into one training text, with all
     their spans: what a segment is when the sentence split missed a
     boundary (a dateline run into its story, results rows run together),
-    which a model trained on single lines reads badly. With `share` < 1
+    which a model trained on single lines reads badly (60 steps of it did
+    not help the shipped adapter there: README, "Long documents"). With `share` < 1
     only that share of the texts (drawn with Python's `random`, which
     `spacy train` seeds) starts a joined text, of 2 to `most` lines drawn
     alike, and a line that would take it past `max_words` words is not
