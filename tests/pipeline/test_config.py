@@ -183,7 +183,8 @@ def test_every_shipped_config_builds_and_reads_its_corpora(path, tiny_model_dir,
     sizes = {}
     for name in ("train", "dev"):
         examples = list(corpora[name](nlp))
-        assert examples and len(examples[0].reference.ents) == 1, name
+        # one entity per line read (a config may join lines into one text)
+        assert examples and all(len(eg.reference.ents) == eg.reference.text.count(row[1][2]) > 0 for eg in examples), name
         sizes[name] = len(examples)
     if "genia" in path.name:
         assert sizes == {"train": 1269, "dev": 200}  # lines 1470-1669 stay held out
