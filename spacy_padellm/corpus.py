@@ -268,7 +268,7 @@ class JsonlCorpus:
         if self.context_sentences:
             docs = with_preceding_context(docs, self.context_sentences, self.context_share)
         if self.joined_lines > 1:
-            docs = join_lines(docs, self.joined_lines, self.joined_share, self.joined_max_words, self.spans_key)
+            docs = join_lines(docs, self.joined_lines, self.joined_share, self.joined_max_words)
         stop = self.skip + self.limit if self.limit else None
         selected: Any = itertools.islice(docs, self.skip, stop)
         if self.shuffle:
@@ -304,7 +304,7 @@ def with_preceding_context(docs: Iterator[Doc], n: int, share: float = 1.0) -> I
         yield doc
 
 
-def join_lines(docs: Iterator[Doc], most: int, share: float, max_words: int, spans_key: str) -> Iterator[Doc]:
+def join_lines(docs: Iterator[Doc], most: int, share: float, max_words: int) -> Iterator[Doc]:
     """Consecutive lines joined by spaces into one training text, with all
     their spans: what a segment is when the sentence split missed a
     boundary (a dateline run into its story, results rows run together),
@@ -318,34 +318,19 @@ def join_lines(docs: Iterator[Doc], most: int, share: float, max_words: int, spa
     want = 1
     for doc in docs:
         if group and (len(group) >= want or sum(len(d) for d in group) + len(doc) > max_words):
-            yield _join(group, spans_key)
+            yield _join(group)
             group = []
         if not group:
             want = random.randint(2, most) if (share >= 1 or random.random() < share) else 1
         group.append(doc)
     if group:
-        yield _join(group, spans_key)
+        yield _join(group)
 
 
-def _join(docs: List[Doc], spans_key: str) -> Doc:
-    """One doc of `docs` joined by single spaces, their spans shifted."""
-    if len(docs) == 1:
-        return docs[0]
-    words: List[str] = []
-    spaces: List[bool] = []
-    spans: List[Tuple[int, int, str]] = []
-    for doc in docs:
-        offset = len(words)
-        words.extend(token.text for token in doc)
-        spaces.extend(bool(token.whitespace_) for token in doc)
-        spaces[-1] = True
-        spans.extend((offset + span.start, offset + span.end, span.label_) for span in doc.spans[spans_key])
-    spaces[-1] = bool(docs[-1][-1].whitespace_)
-    joined = Doc(docs[0].vocab, words=words, spaces=spaces)
-    group = [Span(joined, start, end, label=label) for start, end, label in spans]
-    joined.spans[spans_key] = SpanGroup(joined, name=spans_key, spans=group)
-    joined.ents = filter_spans(group)
-    return joined
+def _join(docs: List[Doc]) -> Doc:
+    """One doc of `docs` joined by single spaces; spaCy shifts their span
+    groups and entities."""
+    return docs[0] if len(docs) == 1 else Doc.from_docs(docs, ensure_whitespace=True)
 
 
 def make_jsonl_corpus(
