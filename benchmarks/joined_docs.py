@@ -38,8 +38,9 @@ def joined_reference(nlp: Language, rows: Sequence[list], end_inclusive: bool = 
             spaces.append(False)
         offset = len(words)
         starts.append(offset)
-        words.extend(row[0].split(" "))
-        spaces.extend([True] * len(row[0].split(" ")))
+        row_words = row[0].split(" ")
+        words.extend(row_words)
+        spaces.extend([True] * len(row_words))
         spans.extend((offset + s, offset + e + (1 if end_inclusive else 0), label) for s, e, _, label in row[1:])
     sent_starts = [False] * len(words)
     for s in starts:
