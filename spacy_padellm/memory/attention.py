@@ -28,6 +28,10 @@ from .store import LayerStore
 
 IMPLEMENTATION = "padellm_memory"
 NEG_INF = float("-inf")
+# Streamed queries per score matrix: 128 queries of SmolLM2's 9 heads
+# against a chunk's 3,712 keys take 17 MB in float32, under glibc's 32 MB
+# mmap ceiling (see `stream_attention`).
+QUERY_PIECE = 128
 
 
 def register() -> None:
@@ -110,7 +114,14 @@ def stream_attention(
     """One execution chunk of a streamed text (batch 1; `q` and `k` not
     rotated yet): its attention over the sinks, the blocks its mean query
     retrieves, the remainder and the window, and then its tokens join the
-    memory with the window attention each buffered token received."""
+    memory with the window attention each buffered token received.
+
+    The chunk's queries are taken `QUERY_PIECE` at a time: one chunk's
+    score matrices, all at once, are tens of MB per layer, which glibc
+    serves by mmap and returns at every free, so nearly half of the time
+    went to page faults; pieces stay below its mmap ceiling and reuse the
+    heap. Every query still sees the same keys: the blocks are retrieved
+    once, by the whole chunk's mean query."""
     n_local = store.settings.n_local
     q0, k0, v0 = q[0], k[0], v[0]  # [heads, L, d], [kv_heads, L, d]
     buf_k, buf_v = store.buffer(k0)
@@ -118,18 +129,24 @@ def stream_attention(
     total, length = keys.shape[-2], q0.shape[-2]
     device = q0.device
     pos_k = torch.arange(total, device=device)
-    pos_q = pos_k[total - length :]
-    dist = pos_q[:, None] - pos_k[None, :]
-    near = (dist >= 0) & (dist < n_local)
-    far = dist >= n_local
     q_far = rope(q0, torch.full((length,), n_local, device=device), rotary)
-    s_near = _scores(rope(q0, pos_q, rotary), rope(keys, pos_k, rotary), scale)
-    s_buf = torch.where(near, s_near, _scores(q_far, keys, scale).masked_fill(~far, NEG_INF))
+    q_near = rope(q0, pos_k[total - length :], rotary)
+    k_near = rope(keys, pos_k, rotary)
     blocks = store.retrieve(q_far.mean(dim=-2)) if store.blocks else []
     far_k, far_v = store.far_kv(blocks, k0)
-    p = _softmax(torch.cat([s_buf, _scores(q_far, far_k, scale)], dim=-1), q0.dtype)
-    out = _weighted(p[..., :total], values) + _weighted(p[..., total:], far_v)
-    store.append(k0, v0, (p[..., :total] * near).sum(dim=-2))
+    out = torch.empty_like(q0)
+    received = torch.zeros(q0.shape[0], total, dtype=q0.dtype, device=device)
+    for begin in range(0, length, QUERY_PIECE):
+        end = min(length, begin + QUERY_PIECE)
+        dist = pos_k[total - length + begin : total - length + end, None] - pos_k[None, :]
+        near = (dist >= 0) & (dist < n_local)
+        far = dist >= n_local
+        s_near = _scores(q_near[:, begin:end], k_near, scale)
+        s_buf = torch.where(near, s_near, _scores(q_far[:, begin:end], keys, scale).masked_fill(~far, NEG_INF))
+        p = _softmax(torch.cat([s_buf, _scores(q_far[:, begin:end], far_k, scale)], dim=-1), q0.dtype)
+        out[:, begin:end] = _weighted(p[..., :total], values) + _weighted(p[..., total:], far_v)
+        received += (p[..., :total] * near).sum(dim=-2)
+    store.append(k0, v0, received)
     return out[None]
 
 

@@ -71,6 +71,31 @@ def test_evicted_tokens_form_blocks_and_sinks(engine):
     assert per_block_token == 2 * kv_heads * head_dim * 4  # keys and values, float32
 
 
+def test_streaming_in_query_pieces_changes_nothing(engine, monkeypatch):
+    """Chunks of 8 queries taken 3 at a time: the same blocks, representative
+    keys and window scores, and the same outputs behind the memory, as whole."""
+    from spacy_padellm.memory import attention
+
+    settings = InfLLMSettings(n_local=16, topk=2, **SMALL)
+    past, prefix = _random_ids(100, 7), _random_ids(9, 8)
+
+    def run():
+        memory = engine.memory(settings)
+        doc = memory.new()
+        memory.extend(doc, past)
+        return doc, _decode(engine, memory.encode_behind([doc], [prefix]), [_random_ids(3, 9)])
+
+    whole_doc, whole = run()
+    monkeypatch.setattr(attention, "QUERY_PIECE", 3)
+    piece_doc, pieces = run()
+    for a, b in zip(whole_doc.layers, piece_doc.layers):
+        assert len(a.blocks) == len(b.blocks) == 10
+        assert torch.allclose(torch.stack(a.reprs), torch.stack(b.reprs), atol=1e-5)
+        assert torch.allclose(a.buf_score, b.buf_score, atol=1e-5)
+    assert [g.token_ids for g in pieces] == [g.token_ids for g in whole]
+    assert _flat(pieces) == pytest.approx(_flat(whole), abs=1e-4)
+
+
 def test_retrieval_changes_what_a_prefix_reads(engine):
     """Behind a memory longer than the window, the retrieved blocks matter:
     topk = 0 (sinks and window only) decodes differently from topk = 2, and
