@@ -22,7 +22,7 @@ import ctypes
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy
@@ -40,16 +40,6 @@ MAX_SEQUENCES = 256
 # caller re-encodes its continuation behind the prefix instead).
 RESERVED_SEQUENCES = 64
 KEPT_CELL_SHARE = 0.5
-# Sequences one token can belong to: a prefix and its branches, evaluated
-# together by `encode_with_branches` (more branches per prefix: not fused).
-SEQS_PER_TOKEN = 64
-# Drafts are fed only while at most this many branches are live: a step of
-# few branches costs one pass over the weights whatever it carries, while a
-# step of many is compute-bound and pays for every drafted token.
-DRAFT_MAX_BRANCHES = 8
-# A branch's start: (sequence it copies, position of its first token, its
-# tokens, its prefix's tokens, where drafts are looked up).
-Start = Tuple[int, int, List[int], Sequence[int]]
 
 
 _LOG_CALLBACK: Any = None  # kept alive: llama.cpp holds a pointer to it
@@ -85,12 +75,10 @@ def available_cpus() -> int:
 @dataclass
 class Prefixes:
     """Texts evaluated once: sequence `seqs[i]` holds text i's prefix,
-    `lengths[i]` tokens long; `tokens[i]` are its ids, where drafts are
-    looked up."""
+    `lengths[i]` tokens long."""
 
     seqs: List[int]
     lengths: List[int]
-    tokens: List[Sequence[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -103,7 +91,6 @@ class KeptBranch:
     pos: int
     last: int
     cells: int
-    lookup: Sequence[int] = ()  # its prefix's tokens, for drafts
 
 
 class LlamaCppEngine(HFTokenizerText):
@@ -132,7 +119,6 @@ class LlamaCppEngine(HFTokenizerText):
         n_threads: Optional[int] = None,
         lora_path: Optional[str] = None,
         tokenizer: Any = None,
-        draft_tokens: int = 4,
     ) -> None:
         self.path = str(path)
         self.lora_path = lora_path
@@ -141,9 +127,7 @@ class LlamaCppEngine(HFTokenizerText):
         self.pad_id = pad_id
         self.n_ctx = n_ctx
         self.n_threads = n_threads or available_cpus()
-        self.draft_tokens = draft_tokens
         self.tokens_evaluated = 0  # every token sent to llama_decode (benchmarks report it)
-        self._token_keys: Optional[List[str]] = None
         self._lock = threading.Lock()
         self._pid: Optional[int] = None
         self._open()
@@ -177,7 +161,7 @@ class LlamaCppEngine(HFTokenizerText):
         self._memory = L.llama_get_memory(self._ctx)
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self._model))
         self.n_ctx_train = L.llama_model_n_ctx_train(self._model)
-        self._batch = L.llama_batch_init(self.n_ctx, 0, SEQS_PER_TOKEN)
+        self._batch = L.llama_batch_init(self.n_ctx, 0, 1)
         self._free = list(range(MAX_SEQUENCES - 1, -1, -1))
         self._cells = 0  # cells held by live prefixes and kept branches
         self._held = 0  # sequences held by them
@@ -210,14 +194,14 @@ class LlamaCppEngine(HFTokenizerText):
             pass
 
     def __getstate__(self) -> Dict[str, Any]:
-        keep = ("path", "stop_ids", "pad_id", "n_ctx", "n_threads", "lora_path", "tokenizer", "draft_tokens")
+        keep = ("path", "stop_ids", "pad_id", "n_ctx", "n_threads", "lora_path", "tokenizer")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__init__(
             state["path"], state["stop_ids"], state["pad_id"],
             n_ctx=state["n_ctx"], n_threads=state["n_threads"], lora_path=state.get("lora_path"),
-            tokenizer=state.get("tokenizer"), draft_tokens=state.get("draft_tokens", 4),
+            tokenizer=state.get("tokenizer"),
         )
 
     # --- sequences and batches ---------------------------------------------
@@ -231,22 +215,20 @@ class LlamaCppEngine(HFTokenizerText):
             self._L.llama_memory_seq_rm(self._memory, seq, -1, -1)
             self._free.append(seq)
 
-    def _run(self, tokens: Sequence[Tuple[int, int, Sequence[int], bool]]) -> List[int]:
-        """Evaluate (token, position, sequences, wants logits) entries, in
+    def _run(self, tokens: Sequence[Tuple[int, int, int, bool]]) -> List[int]:
+        """Evaluate (token, position, sequence, wants logits) entries, in
         calls of at most n_ctx tokens; the batch index of each entry that
         wants logits, valid until the next call (the last call holds them
-        all when they are in it: callers ask for logits in one call only).
-        A token of several sequences is one cell that all of them read."""
+        all when they are in it: callers ask for logits in one call only)."""
         outputs: List[int] = []
         batch = self._batch
         for start in range(0, len(tokens), self.n_ctx):
             chunk = tokens[start : start + self.n_ctx]
-            for i, (token, pos, seqs, logits) in enumerate(chunk):
+            for i, (token, pos, seq, logits) in enumerate(chunk):
                 batch.token[i] = token
                 batch.pos[i] = pos
-                batch.n_seq_id[i] = len(seqs)
-                for j, seq in enumerate(seqs):
-                    batch.seq_id[i][j] = seq
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq
                 batch.logits[i] = logits
                 if logits:
                     outputs.append(i)
@@ -267,34 +249,23 @@ class LlamaCppEngine(HFTokenizerText):
         return min(x for x in (self.n_ctx_train, self.n_ctx) if x)
 
     def encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> Prefixes:
-        _check_tokens(prefixes, "prefix")
+        if any(len(p) == 0 for p in prefixes):
+            raise ValueError("Every prefix needs at least one token.")
         with self._lock:
             self._ensure_process()
-            handle = self._hold(prefixes)
-            entries = [(int(t), pos, (seq,), False) for seq, prefix in zip(handle.seqs, prefixes) for pos, t in enumerate(prefix)]
+            needed = sum(len(p) for p in prefixes)
+            if needed > self.n_ctx:
+                raise ValueError(Errors.E2084.format(needed=needed, n_ctx=self.n_ctx))
+            seqs = self._take(len(prefixes))
+            entries = [(int(t), pos, seq, False) for seq, prefix in zip(seqs, prefixes) for pos, t in enumerate(prefix)]
             try:
                 self._run(entries)
             except Exception:
-                self._unhold(handle)
+                self._drop(seqs)
                 raise
-            return handle
-
-    def _hold(self, prefixes: Sequence[Sequence[int]]) -> Prefixes:
-        """Sequences and cells for these prefixes, not yet evaluated."""
-        needed = sum(len(p) for p in prefixes)
-        if needed > self.n_ctx:
-            raise ValueError(Errors.E2084.format(needed=needed, n_ctx=self.n_ctx))
-        seqs = self._take(len(prefixes))
-        self._cells += needed
-        self._held += len(seqs)
-        return Prefixes(seqs, [len(p) for p in prefixes], [list(p) for p in prefixes])
-
-    def _unhold(self, prefixes: Prefixes) -> None:
-        if self._pid == os.getpid() and prefixes.seqs:
-            self._drop(prefixes.seqs)
-            self._cells -= sum(prefixes.lengths)
-            self._held -= len(prefixes.seqs)
-        prefixes.seqs = []
+            self._cells += needed
+            self._held += len(seqs)
+            return Prefixes(seqs, [len(p) for p in prefixes])
 
     def encode_with_branches(
         self,
@@ -304,28 +275,6 @@ class LlamaCppEngine(HFTokenizerText):
         first_token_bias: Optional[Dict[int, float]] = None,
         keep: bool = False,
     ) -> Tuple[Prefixes, List[Generation]]:
-        """The prefixes and their branches' suffixes in one `llama_decode`
-        (each prefix token one cell of the prefix's sequence and of all its
-        branches'), a call fewer than `encode_prefixes` then `decode`; when
-        they do not fit one group of sequences and cells, those two."""
-        _check_tokens(prefixes, "prefix")
-        _check_tokens(suffixes, "branch suffix")
-        limits = branch_bounds(max_new_tokens, len(prefixes) * len(suffixes))
-        with self._lock:
-            self._ensure_process()
-            cells = sum(len(p) + sum(len(s) for s in suffixes) for p in prefixes) + sum(limits)
-            if (
-                len(suffixes) < SEQS_PER_TOKEN
-                and len(prefixes) + len(limits) <= len(self._free)
-                and self._cells + cells <= self.n_ctx
-            ):
-                handle = self._hold(prefixes)
-                starts = [(seq, n, list(s), p) for seq, n, p in zip(handle.seqs, handle.lengths, handle.tokens) for s in suffixes]
-                try:
-                    return handle, self._decode_group(starts, limits, first_token_bias, keep, shared=handle)
-                except BaseException:
-                    self._unhold(handle)
-                    raise
         handle = self.encode_prefixes(prefixes)
         text_index = [i for i in range(len(prefixes)) for _ in suffixes]
         every = [s for _ in prefixes for s in suffixes]
@@ -337,7 +286,11 @@ class LlamaCppEngine(HFTokenizerText):
 
     def release(self, prefixes: Prefixes) -> None:
         with self._lock:
-            self._unhold(prefixes)
+            if self._pid == os.getpid() and prefixes.seqs:
+                self._drop(prefixes.seqs)
+                self._cells -= sum(prefixes.lengths)
+                self._held -= len(prefixes.seqs)
+            prefixes.seqs = []
 
     def release_branches(self, branches: Sequence[Optional[KeptBranch]]) -> None:
         with self._lock:
@@ -362,9 +315,9 @@ class LlamaCppEngine(HFTokenizerText):
         first_token_bias: Optional[Dict[int, float]] = None,
         keep: bool = False,
     ) -> List[Generation]:
-        _check_tokens(suffixes, "branch suffix")
-        tokens = prefixes.tokens or [()] * len(prefixes.seqs)
-        starts = [(prefixes.seqs[i], prefixes.lengths[i], list(suffix), tokens[i]) for i, suffix in zip(text_index, suffixes)]
+        if any(len(s) == 0 for s in suffixes):
+            raise ValueError("Every branch suffix needs at least one token.")
+        starts = [(prefixes.seqs[i], prefixes.lengths[i], list(suffix)) for i, suffix in zip(text_index, suffixes)]
         return self._decode_from(starts, max_new_tokens, first_token_bias, keep)
 
     def fork(
@@ -375,19 +328,19 @@ class LlamaCppEngine(HFTokenizerText):
     ) -> List[Generation]:
         if len(branches) != len(suffixes) or any(b is None or b.seq < 0 for b in branches):
             raise ValueError("fork needs one kept, unreleased branch per suffix.")
-        starts = [(b.seq, b.pos, [b.last, *suffix], b.lookup) for b, suffix in zip(branches, suffixes)]
+        starts = [(b.seq, b.pos, [b.last, *suffix]) for b, suffix in zip(branches, suffixes)]
         return self._decode_from(starts, max_new_tokens, None, False)
 
     def _decode_from(
         self,
-        starts: Sequence[Start],
+        starts: Sequence[Tuple[int, int, List[int]]],
         max_new_tokens: Union[int, Sequence[int]],
         first_token_bias: Optional[Dict[int, float]],
         keep: bool,
     ) -> List[Generation]:
         """Branches that copy sequence `seq` and continue it with `tokens` from
-        position `pos`, for each (seq, pos, tokens, lookup) of `starts`, in
-        groups that fit the free sequences and cells."""
+        position `pos`, for each (seq, pos, tokens) of `starts`, in groups
+        that fit the free sequences and cells."""
         n = len(starts)
         if n == 0:
             return []
@@ -419,47 +372,29 @@ class LlamaCppEngine(HFTokenizerText):
 
     def _decode_group(
         self,
-        starts: Sequence[Start],
+        starts: Sequence[Tuple[int, int, List[int]]],
         limits: Sequence[int],
         first_token_bias: Optional[Dict[int, float]],
         keep: bool,
-        shared: Optional[Prefixes] = None,
     ) -> List[Generation]:
-        """Greedy decoding of one group of branches, all advancing in one
-        `llama_decode` per step. With `shared`, the prefixes the branches
-        start from are evaluated in the first call, not copied.
-
-        Drafts: a branch that copies text from its prefix (a mention) is
-        fed, after its last token, the prefix tokens that followed that
-        token in the prefix (`draft_tokens` of them, while few branches are
-        live), each with its logits; the drafted tokens that greedy decoding
-        would have chosen are kept, the first that it would not is replaced
-        by its choice, and the cells after it are removed. The tokens are
-        the greedy ones either way; a mention costs one call instead of one
-        per token."""
         n = len(starts)
         seqs = self._take(n)
         tokens: List[List[int]] = [[] for _ in range(n)]
         logprobs: List[List[float]] = [[] for _ in range(n)]
         stopped = [False] * n
         kept: List[Optional[KeptBranch]] = [None] * n
-        drafts: List[List[int]] = [[] for _ in range(n)]  # fed after the last token this step
-        base = [start + len(suffix) - 1 for _, start, suffix, _ in starts]  # position of the first row's input
         live = list(range(n))
         try:
-            entries: List[Tuple[int, int, Sequence[int], bool]] = []
-            if shared is not None:
-                for source, prefix in zip(shared.seqs, shared.tokens):
-                    owners = (source, *(seqs[k] for k in range(n) if starts[k][0] == source))
-                    entries.extend((int(t), pos, owners, False) for pos, t in enumerate(prefix))
-            for k, (source, start, suffix, _) in enumerate(starts):
-                if shared is None:
-                    self._L.llama_memory_seq_cp(self._memory, source, seqs[k], -1, -1)
-                entries.extend((int(t), start + j, (seqs[k],), j == len(suffix) - 1) for j, t in enumerate(suffix))
+            entries = []
+            positions = []
+            for k, (source, start, suffix) in enumerate(starts):
+                self._L.llama_memory_seq_cp(self._memory, source, seqs[k], -1, -1)
+                entries.extend((int(t), start + j, seqs[k], j == len(suffix) - 1) for j, t in enumerate(suffix))
+                positions.append(start + len(suffix))
             outputs = self._run(entries)
             step = 0
             while live:
-                logits = numpy.stack([self._logits(i) for i in outputs])
+                logits = numpy.stack([self._logits(outputs[r]) for r in range(len(live))])
                 top = logits.max(axis=1, keepdims=True)
                 log_total = top[:, 0] + numpy.log(numpy.exp(logits - top).sum(axis=1))
                 choose = logits
@@ -467,41 +402,27 @@ class LlamaCppEngine(HFTokenizerText):
                     choose = logits.copy()
                     choose[:, list(first_token_bias)] += numpy.asarray(list(first_token_bias.values()), dtype=logits.dtype)
                 next_ids = choose.argmax(axis=1)
-                chosen = logits[numpy.arange(len(outputs)), next_ids] - log_total
-                row = 0
-                still = []
-                for k in live:
-                    rows = 1 + len(drafts[k])
-                    for i in range(rows):
-                        token = int(next_ids[row + i])
-                        tokens[k].append(token)
-                        logprobs[k].append(float(chosen[row + i]))
-                        stopped[k] = token in self._stop_set
-                        if stopped[k] or len(tokens[k]) >= limits[k] or i == len(drafts[k]) or token != drafts[k][i]:
-                            break
-                    row += rows
-                    if i < len(drafts[k]):  # cells of drafted tokens after the last kept one
-                        self._L.llama_memory_seq_rm(self._memory, seqs[k], base[k] + i + 1, -1)
-                    base[k] += i + 1  # where the last token goes
+                chosen = logits[numpy.arange(len(live)), next_ids] - log_total
+                entries, still = [], []
+                for r, k in enumerate(live):
+                    token = int(next_ids[r])
+                    tokens[k].append(token)
+                    logprobs[k].append(float(chosen[r]))
+                    stopped[k] = token in self._stop_set
                     if stopped[k] or len(tokens[k]) >= limits[k]:
-                        cells = len(starts[k][2]) + len(tokens[k]) - 1
-                        if stopped[k] and keep and self._can_keep(cells):
-                            kept[k] = KeptBranch(seqs[k], base[k], token, cells, starts[k][3])
-                            self._cells += cells
+                        if stopped[k] and keep and self._can_keep(len(starts[k][2]) + len(tokens[k]) - 1):
+                            kept[k] = KeptBranch(seqs[k], positions[k], token, len(starts[k][2]) + len(tokens[k]) - 1)
+                            self._cells += kept[k].cells
                             self._held += 1
                         else:
                             self._drop([seqs[k]])
                         continue
                     still.append(k)
+                    entries.append((token, positions[k], seqs[k], True))
+                    positions[k] += 1
                 live = still
                 step += 1
                 if live:
-                    entries = []
-                    for k in live:
-                        room = limits[k] - len(tokens[k]) - 1
-                        drafts[k] = self._draft(starts[k][3], tokens[k], room) if len(live) <= DRAFT_MAX_BRANCHES else []
-                        fed = [tokens[k][-1], *drafts[k]]
-                        entries.extend((t, base[k] + j, (seqs[k],), True) for j, t in enumerate(fed))
                     outputs = self._run(entries)
         except BaseException:
             self._release_kept(kept)
@@ -510,42 +431,5 @@ class LlamaCppEngine(HFTokenizerText):
             self._drop([seqs[k] for k in live])
         return [Generation(t, lp, s, b) for t, lp, s, b in zip(tokens, logprobs, stopped, kept)]
 
-    def _draft(self, prefix: Sequence[int], generated: Sequence[int], room: int) -> List[int]:
-        """Up to `room` (at most `draft_tokens`) prefix tokens that followed
-        the branch's last token in its prefix, comparing tokens by their text
-        without a leading space (a mention's first word has none, the text's
-        has): the first place where the token before matches too, else the
-        first place."""
-        room = min(room, self.draft_tokens)
-        if room <= 0 or not prefix:
-            return []
-        keys = self._keys()
-        last = keys[generated[-1]]
-        if not last:
-            return []
-        before = keys[generated[-2]] if len(generated) > 1 else None
-        found = -1
-        for j in range(len(prefix) - 1):
-            if keys[prefix[j]] == last:
-                if before is not None and j > 0 and keys[prefix[j - 1]] == before:
-                    found = j
-                    break
-                if found < 0:
-                    found = j
-        return [] if found < 0 else [int(t) for t in prefix[found + 1 : found + 1 + room]]
-
-    def _keys(self) -> List[str]:
-        """Each token id's text without a leading space marker, built once."""
-        if self._token_keys is None:
-            pieces = self.tokenizer.convert_ids_to_tokens(list(range(self.n_vocab))) if self.tokenizer is not None else []
-            keys = [(p or "").lstrip("\u0120\u2581 ") for p in pieces]
-            self._token_keys = keys + [""] * (self.n_vocab - len(keys))
-        return self._token_keys
-
     def _can_keep(self, cells: int) -> bool:
         return self._held < MAX_SEQUENCES - RESERVED_SEQUENCES and self._cells + cells <= KEPT_CELL_SHARE * self.n_ctx
-
-
-def _check_tokens(sequences: Sequence[Sequence[int]], what: str) -> None:
-    if any(len(s) == 0 for s in sequences):
-        raise ValueError(f"Every {what} needs at least one token.")
