@@ -135,7 +135,7 @@ def stream_attention(
     blocks = store.retrieve(q_far.mean(dim=-2)) if store.blocks else []
     far_k, far_v = store.far_kv(blocks, k0)
     out = torch.empty_like(q0)
-    received = torch.zeros(q0.shape[0], total, dtype=q0.dtype, device=device)
+    received = torch.zeros(q0.shape[0], total, dtype=torch.float32, device=device)  # summed over pieces
     for begin in range(0, length, QUERY_PIECE):
         end = min(length, begin + QUERY_PIECE)
         dist = pos_k[total - length + begin : total - length + end, None] - pos_k[None, :]
@@ -145,7 +145,7 @@ def stream_attention(
         s_buf = torch.where(near, s_near, _scores(q_far[:, begin:end], keys, scale).masked_fill(~far, NEG_INF))
         p = _softmax(torch.cat([s_buf, _scores(q_far[:, begin:end], far_k, scale)], dim=-1), q0.dtype)
         out[:, begin:end] = _weighted(p[..., :total], values) + _weighted(p[..., total:], far_v)
-        received += (p[..., :total] * near).sum(dim=-2)
+        received += (p[..., :total] * near).sum(dim=-2, dtype=torch.float32)
     store.append(k0, v0, received)
     return out[None]
 

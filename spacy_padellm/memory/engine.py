@@ -15,6 +15,7 @@ from ..decoding import start_branches
 from ..compat import _base_model
 from .attention import IMPLEMENTATION, register
 from .caches import ContextCache, SegmentContext, StreamCache
+from .heap import release_free_heap
 from .settings import InfLLMSettings
 from .store import DocMemory
 
@@ -93,6 +94,7 @@ class TorchMemory:
             )
             engine.tokens_evaluated += chunk.shape[1]
             memory.tokens += chunk.shape[1]
+            release_free_heap()
 
     def encode_behind(self, memories: Sequence[DocMemory], prefixes: Sequence[Sequence[int]]) -> Any:
         """`BranchDecoder.encode_prefixes`, with prefix i behind `memories[i]`:
