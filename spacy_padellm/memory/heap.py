@@ -5,7 +5,7 @@ values, the buffer) with short-lived ones (a chunk's score matrices, a few
 MB each). glibc serves both from the same heap and returns free memory only
 from its top, which the long-lived allocations pin, so the freed score
 matrices stayed resident: RSS grew to 9.6 GB at 32,768 tokens, of which the
-blocks were 1.4 GB, and past 20 GB on a 131,072-token doc. `malloc_trim`
+blocks were 1.4 GB, and grew by about 50 MB/s on a 131,072-token doc. `malloc_trim`
 returns free pages from anywhere in the heap; it runs once the free part
 passes `FREE_HEAP_LIMIT`, so short-lived matrices still reuse warm pages.
 Elsewhere than glibc this does nothing.
