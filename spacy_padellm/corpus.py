@@ -239,14 +239,14 @@ class JsonlCorpus:
         check_end(end, path)
         if skip < 0 or limit < 0:
             raise ValueError(Errors.E2039.format(path=path, skip=skip, limit=limit))
-        if isinstance(context_sentences, bool) or not isinstance(context_sentences, int) or context_sentences < 0:
+        if not _is_count(context_sentences):
             raise ValueError(Errors.E2105.format(value=context_sentences))
-        if isinstance(context_share, bool) or not isinstance(context_share, (int, float)) or not 0 <= context_share <= 1:
+        if not _is_share(context_share):
             raise ValueError(Errors.E2106.format(value=context_share))
         for name, value in (("joined_lines", joined_lines), ("joined_max_words", joined_max_words)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not _is_count(value):
                 raise ValueError(Errors.E2107.format(name=name, value=value))
-        if isinstance(joined_share, bool) or not isinstance(joined_share, (int, float)) or not 0 <= joined_share <= 1:
+        if not _is_share(joined_share):
             raise ValueError(Errors.E2108.format(value=joined_share))
         if joined_lines > 1 and context_sentences:
             raise ValueError(Errors.E2109)
@@ -281,6 +281,16 @@ class JsonlCorpus:
 # `doc.user_data` key of the text before a training doc (`context_sentences`),
 # which training puts before its prompt as the long-document memory would.
 CONTEXT_KEY = "padellm_context"
+
+
+def _is_count(value: Any) -> bool:
+    """A whole number of 0 or more (a bool is an int to Python, not to a config)."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 0
+
+
+def _is_share(value: Any) -> bool:
+    """A number from 0 to 1."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1
 
 
 def with_preceding_context(docs: Iterator[Doc], n: int, share: float = 1.0) -> Iterator[Doc]:
