@@ -13,6 +13,10 @@ Three parts, each writing `<out>_<part>.json` and `.md` (and a PNG):
     python benchmarks/long_memory.py probe ../shared/data/conll03/dev.jsonl \\
         --out benchmarks/results/long_memory_cpu
 
+`--gpu` (scaling, accuracy) runs the model on the first CUDA device, in
+bfloat16; the evicted blocks then live in CPU RAM with a block cache on the
+GPU, and the scaling rows add torch's peak GPU memory.
+
 Long-document sets: the file's lines in order, cut into docs of N
 consecutive sentences (the last partial doc dropped), joined by single
 spaces; each doc's `doc.sents` are the file's sentences (as a senter or
@@ -76,19 +80,28 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trained-label", default="context-trained", help="how the rows of --trained are named")
 
 
-def machine() -> str:
+def machine(gpu: bool = False) -> str:
     import os
 
+    import torch
+
+    if gpu:
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, bfloat16"
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch CPU build"
 
 
-def pipeline(path: Optional[Path] = None, **config: Any) -> Language:
+def pipeline(path: Optional[Path] = None, gpu: bool = False, **config: Any) -> Language:
     """The default pipeline with `config`, or a saved one (a trained
-    adapter) with `config` as load-time overrides."""
+    adapter) with `config` as load-time overrides; on GPU 0 with `gpu`."""
+    if gpu:
+        config = {**config, "model": {"@architectures": "spacy_padellm.CausalLM.v1", "device": "cuda:0"}}
     if path is None:
         nlp = spacy.blank("en")
         nlp.add_pipe("padellm_ner", config=config)
     else:
+        if gpu:  # keep the saved model's source, move it
+            config = {k: v for k, v in config.items() if k != "model"}
+            config["model"] = {"device": "cuda:0"}
         nlp = spacy.load(path, config={"components": {"padellm_ner": config}} if config else {})
     nlp("Warm up .")
     return nlp
@@ -113,7 +126,7 @@ def accuracy(args: argparse.Namespace) -> None:
     out = Path(f"{args.out}_accuracy.json")
     report = json.loads(out.read_text()) if out.exists() else {"results": {}}
     report.update({
-        "date": str(date.today()), "machine": machine(), "data": str(args.data), "lines": list(args.lines),
+        "date": str(date.today()), "machine": machine(args.gpu), "data": str(args.data), "lines": list(args.lines),
         "command": " ".join(sys.argv),
     })
     methods = selected(METHODS, args.methods)
@@ -126,7 +139,7 @@ def accuracy(args: argparse.Namespace) -> None:
             key = f"{name} | {n}"
             if key in report["results"]:
                 continue
-            nlp = nlp or pipeline(args.trained, **METHODS[method])
+            nlp = nlp or pipeline(args.trained, args.gpu, **METHODS[method])
             pipe = nlp.get_pipe("padellm_ner")
             examples = [long_doc(nlp, rows[i : i + n], args.end_inclusive) for i in range(0, len(rows) - n + 1, n)]
             tokens = [len(pipe._decoder.engine.tokenize(eg.predicted.text)) for eg in examples]
@@ -157,8 +170,8 @@ def write_accuracy_md(report: Dict[str, Any], path: Path) -> None:
     lines = [
         f"# Long documents: span F1 and time per method ({report['date']}, {report['machine']})", "",
         f"Docs of consecutive sentences of `{report['data']}` lines {report['lines'][0]}:{report['lines'][1]}; "
-        "default CoNLL-03 adapter unless the method names a trained pipeline ("
-        + "; ".join(f"{label}: `{path}`" for label, path in _trained(report).items()) + "). Commands: "
+        "default CoNLL-03 adapter unless the method names a trained pipeline"
+        + "".join(f" ({label}: `{path}`)" for label, path in _trained(report).items()) + ". Commands: "
         + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", report["command"]) for r in report["results"].values())), "",
         "| method | sentences/doc | docs | tokens/doc (median) | docs within the window | P | R | **F** | s | ms/word |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -298,11 +311,12 @@ def _labelled(doc: Doc, offset: int, name: str, label: str) -> bool:
 def scaling(args: argparse.Namespace) -> None:
     out = Path(f"{args.out}_scaling.json")
     report = json.loads(out.read_text()) if out.exists() else {"rows": {}}
-    report.update({"date": str(date.today()), "machine": machine(), "command": " ".join(sys.argv)})
+    report.update({"date": str(date.today()), "machine": machine(args.gpu), "command": " ".join(sys.argv)})
     for length in [int(x) for x in args.lengths.split(",")]:
         if str(length) in report["rows"]:
             continue
         extra = ["--max-seconds", str(args.max_seconds)] if args.max_seconds else []
+        extra += ["--gpu"] if args.gpu else []
         done = subprocess.run(
             [sys.executable, __file__, "one-length", str(length), "--data", str(args.data), *extra],
             capture_output=True, text=True, check=True,
@@ -317,10 +331,16 @@ def one_length(args: argparse.Namespace) -> None:
     """Stream `length` tokens of dev text into one doc memory, timing each
     execution chunk, then decode three sentences behind it."""
     import psutil
+    import torch
 
     from spacy_padellm.memory.engine import BehindMemories
 
-    nlp = pipeline(memory=MEMORY)
+    def synchronized() -> float:
+        if args.gpu:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    nlp = pipeline(gpu=args.gpu, memory=MEMORY)
     pipe = nlp.get_pipe("padellm_ner")
     memory, engine = pipe._memory, pipe._decoder.engine
     rows = read_rows(args.data, 0, 10**9)
@@ -336,25 +356,37 @@ def one_length(args: argparse.Namespace) -> None:
     chunk = memory.settings.exec_chunk
     chunk_seconds: List[float] = []
     chunk_rss: List[int] = []  # after each chunk: growth beyond the blocks shows here, not only in the peak
+    chunk_gpu: List[int] = []  # GPU memory allocated after each chunk (with --gpu)
+    if args.gpu:
+        loaded_gpu = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     streamed = 0
     for begin in range(0, len(ids), chunk):
         if args.max_seconds and sum(chunk_seconds) > args.max_seconds:
             break  # the row then reports the tokens streamed so far
-        started = time.perf_counter()
+        started = synchronized()
         memory.extend(doc_memory, ids[begin : begin + chunk])
-        chunk_seconds.append(time.perf_counter() - started)
+        chunk_seconds.append(synchronized() - started)
         chunk_rss.append(process.memory_info().rss)
+        if args.gpu:
+            chunk_gpu.append(torch.cuda.memory_allocated())
         streamed = begin + len(ids[begin : begin + chunk])
     segment_seconds = []
     for row in rows[3000:3003]:
         view = copy.copy(pipe._decoder)
         view.engine = BehindMemories(memory, [doc_memory], pipe._decoder.prompts)
-        started = time.perf_counter()
+        started = synchronized()
         view([" " + row[0]])
-        segment_seconds.append(time.perf_counter() - started)
+        segment_seconds.append(synchronized() - started)
     nbytes = doc_memory.nbytes()
     s = memory.settings
+    gpu = {} if not args.gpu else {
+        "gpu_loaded_mb": loaded_gpu / 2**20,
+        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20,
+        "gpu_chunk_mb": [round(x / 2**20) for x in chunk_gpu],
+    }
     print(json.dumps({
+        **gpu,
         "tokens": streamed,
         "target_tokens": args.length,
         "stream_seconds": sum(chunk_seconds),
@@ -382,8 +414,12 @@ def write_scaling_md(report: Dict[str, Any], path: Path) -> None:
         "One doc of CoNLL-03 dev text streamed into the InfLLM memory (defaults: n_init 128, n_local 1,024, "
         "blocks of 128, topk 16, repr_topk 4, chunks of 512), each length in a fresh process; then three "
         f"sentences decoded behind it (PaDeLLM, default adapter). Command: `{report['command']}`", "",
-        "| tokens | stream s | ms/token | chunk ms (first / last) | chunk s, median per quarter of the doc | segment ms | RSS MB (loaded / after) | peak RSS MB | blocks MB | bytes/token in blocks | keys per query |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    gpu = any("gpu_peak_mb" in r for r in rows)
+    lines += [
+        "| tokens | stream s | ms/token | chunk ms (first / last) | chunk s, median per quarter of the doc | segment ms | RSS MB (loaded / after) | peak RSS MB | blocks MB | bytes/token in blocks | keys per query |"
+        + (" GPU MB (model / peak) |" if gpu else ""),
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if gpu else ""),
     ]
     for r in rows:
         lines.append(
@@ -391,7 +427,10 @@ def write_scaling_md(report: Dict[str, Any], path: Path) -> None:
             f"{_quarters(r.get('chunk_ms'))} | "
             f"{r['segment_ms']:.0f} | {r['rss_loaded_mb']:.0f} / {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['block_mb']:.0f} | "
             f"{r['block_bytes_per_token']:,.0f} | {r['keys_per_query']:,} |"
+            + (f" {r.get('gpu_loaded_mb', 0):.0f} / {r.get('gpu_peak_mb', 0):.0f} |" if gpu else "")
         )
+    for note in report.get("notes", []):
+        lines += ["", note]
     path.write_text("\n".join(lines) + "\n")
     import matplotlib
 
@@ -402,6 +441,8 @@ def write_scaling_md(report: Dict[str, Any], path: Path) -> None:
     xs = [r["tokens"] for r in rows]
     left.plot(xs, [r["peak_rss_mb"] for r in rows], "o-", label="peak RSS")
     left.plot(xs, [r["block_mb"] for r in rows], "s--", label="blocks in RAM")
+    if gpu:
+        left.plot(xs, [r["gpu_peak_mb"] for r in rows], "^-", label="peak GPU memory")
     for r in rows:
         if r.get("chunk_rss_mb"):  # RSS after each chunk: a leak or fragmentation shows as a steeper line
             left.plot([(k + 1) * 512 for k in range(len(r["chunk_rss_mb"]))], r["chunk_rss_mb"], ":", linewidth=1, label=f"RSS while streaming {r['tokens']:,}")
@@ -440,7 +481,8 @@ def _quarters(chunk_ms: Optional[List[float]]) -> str:
         return "–"
     q = len(chunk_ms) / 4
     parts = [chunk_ms[round(i * q) : round((i + 1) * q)] for i in range(4)]
-    return " / ".join(f"{statistics.median(part) / 1000:.1f}" for part in parts)
+    seconds = [statistics.median(part) / 1000 for part in parts]
+    return " / ".join(f"{x:.1f}" if x >= 1 else f"{x:.3f}" for x in seconds)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -452,6 +494,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     acc.add_argument("--sizes", default="50,200")
     acc.add_argument("--end-exclusive", dest="end_inclusive", action="store_false", help="genia: end indices exclusive")
     acc.add_argument("--spans", action="store_true", help="score the span group (nested data) instead of doc.ents")
+    acc.add_argument("--gpu", action="store_true", help="the model on CUDA device 0")
     add_method_arguments(acc)
     acc.add_argument("--out", required=True)
     pr = sub.add_parser("probe")
@@ -464,11 +507,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     sc.add_argument("--data", type=Path, default=Path("../shared/data/conll03/dev.jsonl"))
     sc.add_argument("--lengths", default="2048,8192,32768,131072")
     sc.add_argument("--max-seconds", type=float, default=None, help="stop streaming a length after this many seconds (its row says how far it got)")
+    sc.add_argument("--gpu", action="store_true", help="the model on CUDA device 0 (blocks in CPU RAM, cached on the GPU)")
     sc.add_argument("--out", required=True)
     one = sub.add_parser("one-length")
     one.add_argument("length", type=int)
     one.add_argument("--data", type=Path, required=True)
     one.add_argument("--max-seconds", type=float, default=None)
+    one.add_argument("--gpu", action="store_true")
     args = parser.parse_args(argv)
     {"accuracy": accuracy, "probe": probe, "scaling": scaling, "one-length": one_length}[args.part](args)
 

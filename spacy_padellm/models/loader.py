@@ -271,7 +271,11 @@ def _pretrained(location: str, kwargs: Dict[str, Any], dtype: torch.dtype) -> Tu
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+    # Hub kernels off: transformers 5 turns them on by default and, on a GPU,
+    # fetches their code from the Hub when the model is put in training
+    # mode, which fails offline (and runs code nobody pinned). Our attention
+    # and memory use transformers' own implementations.
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, use_kernels=False, **kwargs)
     return model, tokenizer
 
 

@@ -20,6 +20,15 @@ def test_local_directory_loads_without_network(tiny_model_dir, monkeypatch):
     assert model.config.num_hidden_layers == 2 and tokenizer.eos_token == "<|endoftext|>"
 
 
+def test_hub_kernels_stay_off_also_in_training_mode(tiny_model_dir):
+    """transformers 5 turns hub kernels on by default; on a GPU, training mode
+    then fetches kernel code from the Hub (which fails offline). The loader
+    turns them off, and they stay off when training switches modes."""
+    model, _ = load_base(ModelSource(name=str(tiny_model_dir)), torch.float32, torch.device("cpu"))
+    model.train()
+    assert getattr(model, "use_kernels", False) is False
+
+
 def test_missing_package_names_the_install_command():
     with pytest.raises(ValueError, match="E2011.*pip install no-such-model-package"):
         package_dir("no_such_model_package")
