@@ -67,8 +67,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--thresholds", default="0.5,0.3,0.2,0.1,0.05", help="comma-separated probabilities")
     parser.add_argument("--ner", action="store_true", help="also decode the docs at each threshold (slow)")
     parser.add_argument("--batch-size", type=int, default=64, help="nlp.pipe batch size (docs per call)")
+    parser.add_argument("--senter", type=Path, default=None, help="a saved senter pipeline to measure instead of the shipped one (a candidate)")
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md)")
     args = parser.parse_args(argv)
+    if args.senter:  # the component's splits (--ner) use it too
+        segments.SENTENCE_MODEL = args.senter
     thresholds = [float(x) for x in args.thresholds.split(",")]
     if any(not 0.0 < t <= 1.0 for t in thresholds):
         parser.error(f"--thresholds must lie in (0, 1], got {args.thresholds!r}")
@@ -104,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(json.dumps(row), file=sys.stderr, flush=True)
     segments.SENTER_THRESHOLD = default_threshold
     result = {
-        "what": f"shipped senter thresholds on docs of {args.size} consecutive sentences joined by spaces, lines {args.lines[0]}:{args.lines[1]} of {args.data}",
+        "what": f"{'senter ' + str(args.senter) if args.senter else 'shipped senter'} thresholds on docs of {args.size} consecutive sentences joined by spaces, lines {args.lines[0]}:{args.lines[1]} of {args.data}",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "date": date.today().isoformat(),
         "command": "python benchmarks/senter_threshold.py " + " ".join(argv if argv is not None else sys.argv[1:]),

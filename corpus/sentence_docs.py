@@ -11,7 +11,9 @@ small `senter` trained on the same kind of text finds those boundaries.
 The sentences of a JSONL file (../shared/data's format) are read in order
 and joined into docs of 1 to `--max-sentences` sentences, by a space, a line
 break or a blank line; half the docs are also detokenized ("Smith , who"
-becomes "Smith, who"), as users' text is.
+becomes "Smith, who"), as users' text is. `--copies N` writes N such
+passes over the file, each cut and joined differently (seeds seed, seed+1,
+...), so that each boundary is seen behind more than one separator.
 
     python corpus/sentence_docs.py ../shared/data/conll03/train.jsonl corpus/senter-train.spacy
 """
@@ -78,13 +80,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--lines", default="", help="START:STOP of the input (default: all)")
     parser.add_argument("--max-sentences", type=int, default=40, help="most sentences per doc (default: 40)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--copies", type=int, default=1, help="passes over the file, each joined differently (default: 1)")
     args = parser.parse_args(argv)
     texts = read_texts(args.input)
     if args.lines:
         start, stop = (int(x) for x in args.lines.split(":"))
         texts = texts[start:stop]
     nlp = spacy.blank(args.lang)
-    docs = list(sentence_docs(nlp, texts, args.max_sentences, args.seed))
+    if args.copies < 1:
+        parser.error(f"--copies must be at least 1, not {args.copies}")
+    docs = [doc for k in range(args.copies) for doc in sentence_docs(nlp, texts, args.max_sentences, args.seed + k)]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     DocBin(docs=docs).to_disk(args.output)
     sents = sum(len(list(d.sents)) for d in docs)

@@ -321,3 +321,48 @@ def test_shared_data_first_lines_are_valid(name: str, end: str, lang: str) -> No
         assert len(spans) == len(row) - 1
         for span, (_, _, mention, label) in zip(spans, row[1:]):
             assert joiner.join(t.text for t in span) == mention and span.label_ == label
+
+
+def test_sentence_docs_copies_are_joined_differently(tmp_path):
+    """`--copies 3`: three passes over the file, every sentence start in each,
+    cut into docs differently in each pass."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    from corpus.sentence_docs import main as sentence_docs
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps([f"Leeds {i} Chelsea 1"]) for i in range(40)), encoding="utf8")
+    sentence_docs([str(data), str(tmp_path / "docs.spacy"), "--max-sentences", "5", "--copies", "3"])
+    docs = list(DocBin().from_disk(tmp_path / "docs.spacy").get_docs(spacy.blank("en").vocab))
+    starts = [sum(t.is_sent_start for t in doc) for doc in docs]
+    assert sum(starts) == 120
+    passes, current, total = [], [], 0
+    for n in starts:
+        current.append(n)
+        total += n
+        if total % 40 == 0:
+            passes.append(current)
+            current = []
+    assert len(passes) == 3 and passes[0] != passes[1] != passes[2]
+
+
+def test_segment_texts_keep_the_entities_inside_each_cut():
+    """corpus/segment_texts.py: lines joined by spaces, cut where the
+    component would cut them; each cut keeps the entities wholly inside it,
+    re-indexed to its own tokens, and cuts inside a word are skipped."""
+    from corpus.segment_texts import joined, segment_rows
+
+    rows = [["Leeds 2 Chelsea 1", [0, 0, "Leeds", "ORG"], [2, 2, "Chelsea", "ORG"]],
+            ["New York Yankees won", [0, 2, "New York Yankees", "ORG"]]]
+    text, entities = joined(rows)
+    assert text == "Leeds 2 Chelsea 1 New York Yankees won"
+    assert [text[a:b] for a, b, _ in entities] == ["Leeds", "Chelsea", "New York Yankees"]
+    cut = text.index("Chelsea")
+    between = text.index("York")
+    got = list(segment_rows(text, entities, [(0, cut), (cut, between), (between, len(text)), (1, 5)]))
+    assert got == [
+        ["Leeds 2", [0, 0, "Leeds", "ORG"]],
+        ["Chelsea 1 New", [0, 0, "Chelsea", "ORG"]],  # New York Yankees crosses the cut
+        ["York Yankees won"],
+    ]
