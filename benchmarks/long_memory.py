@@ -93,15 +93,14 @@ def machine(gpu: bool = False) -> str:
 def pipeline(path: Optional[Path] = None, gpu: bool = False, **config: Any) -> Language:
     """The default pipeline with `config`, or a saved one (a trained
     adapter) with `config` as load-time overrides; on GPU 0 with `gpu`."""
-    if gpu:
-        config = {**config, "model": {"@architectures": "spacy_padellm.CausalLM.v1", "device": "cuda:0"}}
     if path is None:
+        if gpu:
+            config = {**config, "model": {"@architectures": "spacy_padellm.CausalLM.v1", "device": "cuda:0"}}
         nlp = spacy.blank("en")
         nlp.add_pipe("padellm_ner", config=config)
     else:
-        if gpu:  # keep the saved model's source, move it
-            config = {k: v for k, v in config.items() if k != "model"}
-            config["model"] = {"device": "cuda:0"}
+        if gpu:  # an override of the saved model's device only: its source stays
+            config = {**config, "model": {"device": "cuda:0"}}
         nlp = spacy.load(path, config={"components": {"padellm_ner": config}} if config else {})
     nlp("Warm up .")
     return nlp

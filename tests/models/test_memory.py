@@ -22,11 +22,16 @@ from ..conftest import MEMORIZED, make_nlp
 SMALL = dict(n_init=4, block_size=8, repr_topk=2, exec_chunk=8)
 
 
+def build_engine(model_dir, device: str = "cpu") -> BranchDecoder:
+    """The plain torch engine on the tiny model, in float32 on `device`."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    return BranchDecoder(model, stop_token_ids(tokenizer), tokenizer.pad_token_id, tokenizer, 256)
+
+
 @pytest.fixture(scope="module")
 def engine(memorized_model_dir):
-    tokenizer = AutoTokenizer.from_pretrained(memorized_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(memorized_model_dir).eval()
-    return BranchDecoder(model, stop_token_ids(tokenizer), tokenizer.pad_token_id, tokenizer, 256)
+    return build_engine(memorized_model_dir)
 
 
 def _random_ids(n: int, seed: int):

@@ -7,27 +7,18 @@ machine with `python -m pytest tests/models/test_memory_gpu.py`.
 import pytest
 import spacy
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spacy_padellm.decoding import stop_token_ids
-from spacy_padellm.engine import BranchDecoder
 from spacy_padellm.memory.settings import InfLLMSettings
 
-from .test_memory import SMALL, _article, _decode, _flat, _random_ids
+from .test_memory import SMALL, _article, _decode, _flat, _random_ids, build_engine
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _engine(model_dir, device: str) -> BranchDecoder:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-    return BranchDecoder(model, stop_token_ids(tokenizer), tokenizer.pad_token_id, tokenizer, 256)
 
 
 @pytest.fixture(scope="module")
 def engines(memorized_model_dir):
     torch.backends.cuda.matmul.allow_tf32 = False  # compare float32 with float32
-    return _engine(memorized_model_dir, "cpu"), _engine(memorized_model_dir, "cuda:0")
+    return build_engine(memorized_model_dir), build_engine(memorized_model_dir, "cuda:0")
 
 
 def _behind(engine, settings, past, prefix, suffixes):
