@@ -103,9 +103,11 @@ class LayerStore:
             self._drop(take)
         while self.buffered - s.block_size >= s.n_local:
             k, v = self.buf_k[:, : s.block_size], self.buf_v[:, : s.block_size]
-            self.reprs.append(self._representative(k, self.buf_score[:, : s.block_size]))
-            self._repr_matrix = None
             target = self.store_device or k.device
+            # The list of representative keys stays with the blocks (CPU RAM
+            # beside a GPU); only the matrix that retrieval scores against is
+            # on the model's device, grown by the new rows (`retrieve`).
+            self.reprs.append(self._representative(k, self.buf_score[:, : s.block_size]).to(target))
             self.blocks.append((k.to(target).clone(), v.to(target).clone()))
             self._drop(s.block_size)
 
@@ -129,10 +131,20 @@ class LayerStore:
         n = len(self.blocks)
         if n <= self.settings.topk:
             return list(range(n))
-        if self._repr_matrix is None or self._repr_matrix.device != query.device:
-            self._repr_matrix = torch.stack(self.reprs).to(query.device)  # [blocks, heads, dim]
-        scores = (self._repr_matrix * query.float()[None]).sum(dim=(1, 2))
+        scores = (self._repr_rows(query.device) * query.float()[None]).sum(dim=(1, 2))
         return sorted(scores.topk(self.settings.topk).indices.tolist())
+
+    def _repr_rows(self, device: torch.device) -> torch.Tensor:
+        """[blocks, heads, dim]: every block's representative keys on
+        `device`. Blocks formed since the last call are added as new rows,
+        so a long doc moves each key to the device once, not at every new
+        block."""
+        matrix = self._repr_matrix
+        have = 0 if matrix is None or matrix.device != device else int(matrix.shape[0])
+        if have < len(self.reprs):
+            new = torch.stack(self.reprs[have:]).to(device)
+            self._repr_matrix = new if have == 0 else torch.cat([matrix, new])
+        return self._repr_matrix
 
     def far_kv(self, block_ids: List[int], like: torch.Tensor) -> KV:
         """Keys and values attended at the fixed distance: the initial tokens

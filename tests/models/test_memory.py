@@ -282,6 +282,32 @@ def test_blocks_off_the_model_device_are_cached_least_recently_used():
     assert k.device == meta and list(store._cached) == [0, 2]
 
 
+def test_representative_keys_stay_with_the_blocks_and_grow_on_the_device():
+    """The representative keys live where the blocks do (CPU RAM beside a
+    GPU; "meta" stands in for it); retrieval's matrix on the model's device
+    gains the rows of new blocks, and scores as one built afresh would."""
+    from spacy_padellm.memory.store import LayerStore
+
+    settings = InfLLMSettings(n_init=0, n_local=4, block_size=2, topk=2, repr_topk=1, exec_chunk=2)
+    store = LayerStore(settings, store_device=torch.device("cpu"))
+    torch.manual_seed(0)
+    chosen = []
+    for step in range(10):  # 20 tokens: 8 blocks, formed between retrievals
+        store.append(torch.randn(1, 2, 8), torch.randn(1, 2, 8), torch.rand(2, store.buffered + 2))
+        if store.blocks:
+            query = torch.randn(2, 8)
+            chosen.append(store.retrieve(query))
+            fresh = (torch.stack(store.reprs) * query[None]).sum(dim=(1, 2))
+            expected = sorted(fresh.topk(min(2, len(store.blocks))).indices.tolist())
+            assert chosen[-1] == expected
+    assert len(store.blocks) == 8 and store._repr_matrix.shape[0] == 8  # grown at each new block
+    assert all(r.device.type == "cpu" for r in store.reprs)
+    on_meta = store._repr_rows(torch.device("meta"))
+    assert on_meta.device.type == "meta" and on_meta.shape == (8, 2, 8)
+    store.append(torch.randn(1, 2, 8), torch.randn(1, 2, 8), torch.rand(2, store.buffered + 2))
+    assert store._repr_rows(torch.device("meta")).shape[0] == 9
+
+
 def test_docs_batched_behind_their_memories_equal_each_alone(memorized_model_dir):
     """nlp.pipe over docs of 3, 1 and 2 segments: each doc's entities and
     counts are what it gets on its own."""
