@@ -72,6 +72,11 @@ class Backend(Protocol):
 
     pad_id: int
     stop_ids: List[int]
+    # The most texts one call of a decoding scheme should carry (None: as
+    # many as the component's `batch_size`). An engine whose cost per token
+    # grows with the texts in the call sets it; the component splits its
+    # batches to fit.
+    texts_per_call: Optional[int]
 
     def tokenize(self, text: str) -> List[int]:
         """The model's token ids of `text`, no special tokens added."""

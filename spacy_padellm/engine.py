@@ -92,6 +92,7 @@ class BranchDecoder(HFTokenizerText):
         self._context = context
         self._cache_arg = cache_argument(model)
         self.tokens_evaluated = 0  # real (unpadded) tokens the model read; benchmarks report it
+        self.texts_per_call: Optional[int] = None  # batched matrix products scale with the texts
 
     @property
     def device(self) -> torch.device:

@@ -40,6 +40,13 @@ MAX_SEQUENCES = 256
 # caller re-encodes its continuation behind the prefix instead).
 RESERVED_SEQUENCES = 64
 KEPT_CELL_SHARE = 0.5
+# Texts per decoding call. With a unified KV cache every token's attention
+# reads the cells of every text in the call, so the cost per token grows
+# with the texts: on the 2-core CPU calls of 32 CoNLL sentences decoded 12%
+# fewer per second than calls of 16 or 8, which were level
+# (benchmarks/results/llama_cpp_texts_per_call_cpu.md). A `batch_size`
+# above this is decoded in calls of this many.
+TEXTS_PER_CALL = 16
 
 
 _LOG_CALLBACK: Any = None  # kept alive: llama.cpp holds a pointer to it
@@ -128,6 +135,7 @@ class LlamaCppEngine(HFTokenizerText):
         self.n_ctx = n_ctx
         self.n_threads = n_threads or available_cpus()
         self.tokens_evaluated = 0  # every token sent to llama_decode (benchmarks report it)
+        self.texts_per_call: Optional[int] = TEXTS_PER_CALL
         self._lock = threading.Lock()
         self._pid: Optional[int] = None
         self._open()

@@ -355,6 +355,12 @@ class PaDeLLMNER(TrainablePipe):
         except UnsupportedModel as err:
             raise ValueError(Errors.E2103.format(name=self.name, reason=err)) from err
 
+    def _texts_per_call(self) -> int:
+        """`batch_size`, or fewer where the backend asks for fewer texts per
+        call (`Backend.texts_per_call`)."""
+        cap = getattr(getattr(self._decoder, "engine", None), "texts_per_call", None)
+        return min(self.cfg["batch_size"], cap) if cap else self.cfg["batch_size"]
+
     def context_length(self) -> Optional[int]:
         """The longest sequence (text, branch and generation) decoded exactly:
         the backend's (`Backend.context_length`)."""
@@ -443,7 +449,7 @@ class PaDeLLMNER(TrainablePipe):
             if len(segments) > 1:
                 preds[i].fallbacks["segmented_docs" if self.segment_budget else "windowed_docs"] += 1
             items.extend((i, segment) for segment in segments)
-        size = self.cfg["batch_size"]
+        size = self._texts_per_call()
         if self._memory is not None:
             self._decode_with_memory(docs, doc_texts, items, preds)
             return preds
@@ -473,7 +479,7 @@ class PaDeLLMNER(TrainablePipe):
             streamed.append(doc_items)
             if len(segments) > 1:
                 preds[i].fallbacks["memory_docs"] += 1
-        results = decode_behind_memory(self._decoder, self._memory, streamed, self.cfg["batch_size"])
+        results = decode_behind_memory(self._decoder, self._memory, streamed, self._texts_per_call())
         for i, (segments, doc_items, text_preds) in enumerate(zip(per_doc, streamed, results)):
             for seg, item, text_pred in zip(segments, doc_items, text_preds):
                 _add_segment(preds[i], seg, item.text, text_pred)

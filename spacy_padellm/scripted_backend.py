@@ -59,6 +59,7 @@ class ScriptedBackend(HFTokenizerText):
         self.calls: List[Tuple[str, int]] = []
         self.live: Dict[int, Any] = {}
         self.tokens_evaluated = 0
+        self.texts_per_call: Optional[int] = None
 
     # --- what the script sees ----------------------------------------------
     def _generate(self, branch: List[int], limit: int) -> Generation:

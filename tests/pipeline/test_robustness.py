@@ -66,6 +66,24 @@ def test_garbage_counts_through_the_pipe(tiny_model_dir, tokenizer):
     assert pipe.fallback_counts["clipped_counts"] == 2
 
 
+def test_batches_are_split_to_the_backends_texts_per_call(tiny_model_dir, tokenizer):
+    """An engine that asks for at most 2 texts per call gets 5 docs as calls
+    of 2, 2 and 1, and the same entities as in one call."""
+    nlp = make_nlp(tiny_model_dir, labels=["LOC"], batch_size=16)
+    nlp.initialize()
+    pipe = nlp.get_pipe("padellm_ner")
+    pipe._ensure_loaded()
+    texts = ["Japan won .", "Japan lost .", "Japan drew .", "So did Japan .", "Japan ."]
+    found = {}
+    for cap in (None, 2):
+        engine = garbage_engine(tokenizer, {"LOC": "1\n"})
+        engine.texts_per_call = cap
+        pipe._decoder.engine = engine
+        found[cap] = [[(e.text, e.label_) for e in d.ents] for d in nlp.pipe(texts, batch_size=8)]
+        assert [n for call, n in engine.calls if call == "release"] == ([5] if cap is None else [2, 2, 1])
+    assert found[2] == found[None] == [[("Japan", "LOC")]] * 5
+
+
 def test_several_processes_keep_order_and_results(memorized_model_dir):
     nlp = make_nlp(memorized_model_dir)
     nlp.initialize()
