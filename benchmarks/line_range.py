@@ -2,7 +2,9 @@
 data file, 0-based with STOP excluded as in a Python slice, so the parts a
 script selects or reports on are written as they would be sliced."""
 import argparse
-from typing import Tuple
+import json
+from pathlib import Path
+from typing import List, Tuple
 
 
 def line_range(text: str) -> Tuple[int, int]:
@@ -15,3 +17,9 @@ def line_range(text: str) -> Tuple[int, int]:
     if not 0 <= start < stop:
         raise argparse.ArgumentTypeError(f"expected 0 <= START < STOP, got {text!r}")
     return start, stop
+
+
+def read_texts(path: Path, lines: Tuple[int, int]) -> List[str]:
+    """The texts of lines [start, stop) of a JSONL file of ../shared/data."""
+    with path.open(encoding="utf8") as f:
+        return [json.loads(line)[0] for i, line in enumerate(f) if lines[0] <= i < lines[1]]

@@ -17,7 +17,7 @@ from pathlib import Path
 import spacy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from line_range import line_range  # noqa: E402
+from line_range import line_range, read_texts  # noqa: E402
 
 BACKENDS = {"torch": "spacy_padellm.CausalLM.v1", "llama.cpp": "spacy_padellm.LlamaCpp.v1"}
 
@@ -29,8 +29,7 @@ def main() -> None:
     parser.add_argument("--backends", default="torch,llama.cpp")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    with args.data.open(encoding="utf8") as f:
-        texts = [json.loads(line)[0] for i, line in enumerate(f) if args.lines[0] <= i < args.lines[1]]
+    texts = read_texts(args.data, args.lines)
     rows = []
     for backend in args.backends.split(","):
         nlp = spacy.blank("en")

@@ -20,9 +20,8 @@ from pathlib import Path
 import spacy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from line_range import line_range  # noqa: E402
-
-BACKENDS = {"torch": "spacy_padellm.CausalLM.v1", "llama.cpp": "spacy_padellm.LlamaCpp.v1"}
+from line_range import line_range, read_texts  # noqa: E402
+from mention_forks import BACKENDS  # noqa: E402
 
 
 def main() -> None:
@@ -35,8 +34,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    with args.data.open(encoding="utf8") as f:
-        texts = [json.loads(line)[0] for i, line in enumerate(f) if args.lines[0] <= i < args.lines[1]]
+    texts = read_texts(args.data, args.lines)
     sizes = [int(x) for x in args.sizes.split(",")]
     nlp = spacy.blank("en")
     nlp.add_pipe("padellm_ner", config={"model": {"@architectures": BACKENDS[args.backend]}, "batch_size": max(sizes)})
