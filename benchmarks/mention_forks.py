@@ -7,7 +7,6 @@ on the same pipeline, alternated sentence by sentence.
         --out benchmarks/results/mention_forks_cpu
 """
 import argparse
-import json
 import statistics
 import sys
 import time
