@@ -451,7 +451,7 @@ class PaDeLLMNER(TrainablePipe):
             items.extend((i, segment) for segment in segments)
         size = self._texts_per_call()
         if self._memory is not None:
-            self._decode_with_memory(docs, doc_texts, items, preds)
+            self._decode_with_memory(docs, doc_texts, items, preds, size)
             return preds
         for begin in range(0, len(items), size):
             chunk = items[begin : begin + size]
@@ -461,7 +461,7 @@ class PaDeLLMNER(TrainablePipe):
         return preds
 
     def _decode_with_memory(
-        self, docs: List[Doc], doc_texts: List[str], items: List[Tuple[int, Segment]], preds: List[DocPrediction]
+        self, docs: List[Doc], doc_texts: List[str], items: List[Tuple[int, Segment]], preds: List[DocPrediction], size: int
     ) -> None:
         """Each doc's segments in order, each behind the memory of the text
         before it (`memory/documents.py`)."""
@@ -479,7 +479,7 @@ class PaDeLLMNER(TrainablePipe):
             streamed.append(doc_items)
             if len(segments) > 1:
                 preds[i].fallbacks["memory_docs"] += 1
-        results = decode_behind_memory(self._decoder, self._memory, streamed, self._texts_per_call())
+        results = decode_behind_memory(self._decoder, self._memory, streamed, size)
         for i, (segments, doc_items, text_preds) in enumerate(zip(per_doc, streamed, results)):
             for seg, item, text_pred in zip(segments, doc_items, text_preds):
                 _add_segment(preds[i], seg, item.text, text_pred)
