@@ -32,6 +32,13 @@ shifted into the doc. The methods:
 - (e) full attention: the memory with a window as long as the context
   allows (7,680 tokens of 8,192), which is full attention for every doc
   that fits in it (the rows say how many did).
+
+Without `--trained` each method runs the default pipeline as a user gets
+it: (a) and (b) with the shipped sentence-trained adapter (`adapter/`),
+(c)-(e), which configure a memory, with `adapter_context/` (trained behind
+preceding text). Results written before 2026-12-05 took `adapter/` for
+every method; to measure it behind the memory now, pass a pipeline saved
+with it as `--trained`.
 """
 import argparse
 import copy
@@ -169,7 +176,8 @@ def write_accuracy_md(report: Dict[str, Any], path: Path) -> None:
     lines = [
         f"# Long documents: span F1 and time per method ({report['date']}, {report['machine']})", "",
         f"Docs of consecutive sentences of `{report['data']}` lines {report['lines'][0]}:{report['lines'][1]}; "
-        "default CoNLL-03 adapter unless the method names a trained pipeline"
+        "the default pipeline unless the method names a trained pipeline (its CoNLL-03 adapter `adapter/`; "
+        "behind a memory, (c)-(e), `adapter_context/` from 2026-12-05 on, `adapter/` before)"
         + "".join(f" ({label}: `{path}`)" for label, path in _trained(report).items()) + ". Commands: "
         + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", report["command"]) for r in report["results"].values())), "",
         "| method | sentences/doc | docs | tokens/doc (median) | docs within the window | P | R | **F** | s | ms/word |",

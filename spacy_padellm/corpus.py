@@ -302,10 +302,12 @@ def with_preceding_context(docs: Iterator[Doc], n: int, share: float = 1.0) -> I
     With `share` < 1 only that share of the docs (drawn with Python's
     `random`, which `spacy train` seeds) gets its context, the rest none:
     behind the memory a doc's first segment has no context and the later
-    ones have some. (Trained on context alone at 1e-4, the shipped model
-    soon counted fewer entities even without context: dev[0:100] F 93.6 to
-    29.2 in 25 steps; with half the texts it fell more slowly, to 89.0 at
-    step 20 and 79.8 at step 40, cause not found yet.)"""
+    ones have some. (Behind context the sentence-trained model also counts
+    the context's entities, so training first makes it count fewer
+    everywhere: with half the texts at 1e-3, dev[0:100] F fell from 93.6 to
+    84.4 at step 50 and came back to 93.0 by step 300 as the rate decayed,
+    `configs/smollm2_lora_context_cpu.cfg`. On context alone at 1e-4 it fell
+    to 29.2 in 25 steps.)"""
     before: Deque[str] = deque(maxlen=n)
     for doc in docs:
         if before and (share >= 1 or random.random() < share):

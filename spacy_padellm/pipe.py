@@ -269,10 +269,11 @@ class PaDeLLMNER(TrainablePipe):
             "threshold": float(threshold),
             "keep_below_threshold": bool(keep_below_threshold),
         }
-        if decoding != "parallel":
+        if decoding != "parallel" or memory is not None:
             from .models.architectures import use_default_adapter
 
-            use_default_adapter(model, decoding)
+            # behind the memory, the default model takes the adapter trained with preceding text
+            use_default_adapter(model, "context" if memory is not None else decoding)
         self.memory_settings = memory
         self.fallback_counts: Counter = new_counter()
         self._warned: set = set()

