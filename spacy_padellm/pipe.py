@@ -269,11 +269,13 @@ class PaDeLLMNER(TrainablePipe):
             "threshold": float(threshold),
             "keep_below_threshold": bool(keep_below_threshold),
         }
-        if decoding != "parallel" or memory is not None:
+        # The architecture points a default model at the parallel adapter; behind
+        # the memory it takes the one trained with preceding text instead.
+        adapter_kind = "context" if memory is not None else decoding
+        if adapter_kind != "parallel":
             from .models.architectures import use_default_adapter
 
-            # behind the memory, the default model takes the adapter trained with preceding text
-            use_default_adapter(model, "context" if memory is not None else decoding)
+            use_default_adapter(model, adapter_kind)
         self.memory_settings = memory
         self.fallback_counts: Counter = new_counter()
         self._warned: set = set()
