@@ -152,6 +152,7 @@ class ParallelDecoding:
                 if count >= self.max_count:
                     preds[i].fallbacks["possible_undercounts"] += 1
                 preds[i].counts[label] = count
+                preds[i].count_scores[label] = gen.probability
                 mention_branches.extend((i, label, count, n) for n in range(1, count + 1))
                 if count and gen.branch is not None and gen.token_ids == self.prompts.count(count):
                     parents[(i, label)] = gen.branch

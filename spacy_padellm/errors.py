@@ -85,8 +85,10 @@ class Errors(metaclass=ErrorsWithCodes):
     E2070 = ("`labels` is an empty list. Leave it out (or set it to null) to take the "
              "labels from `nlp.initialize()`'s examples (PER, ORG, LOC, MISC when "
              "they have none), or list the labels to predict.")
-    E2071 = ("`threshold` must be a probability between 0 and 1, got {value!r}. "
-             "Spans less probable than it are dropped; 0 keeps every span.")
+    E2071 = ("`{name}` must be a probability between 0 and 1, got {value!r}. "
+             "`threshold`: spans less probable than it are dropped, 0 keeps every span. "
+             "`resplit_below`: a segment with a count less probable than it is decoded "
+             "again in halves, 0 leaves unsure counts alone.")
     E2072 = ("Cannot read the component's settings from '{path}': {reason}. The "
              "file was damaged after saving: save the pipeline again with "
              "`nlp.to_disk`, or restore the file from a copy.")
@@ -95,6 +97,9 @@ class Errors(metaclass=ErrorsWithCodes):
              "shipped sentence splitter for English docs (the rules otherwise), "
              "'rules' always uses spaCy's punctuation rules. To use your own, add a "
              "senter, parser or sentencizer before this component.")
+    E2074 = ("`resplits` must be a whole number of 0 or more, got {value!r}. It is how "
+             "many times a segment too crowded for the model is halved and decoded "
+             "again; 0 never does.")
     E2080 = ("The llama.cpp backend (`spacy_padellm.LlamaCpp.v1`) needs llama-cpp-python, "
              "which could not be imported ({reason}). Install it with `{install}` (it "
              "builds from source: a C++ compiler and cmake, about 10 minutes on 2 cores), "

@@ -20,7 +20,7 @@ from .errors import Errors, Warnings
 from .memory.settings import InfLLMSettings
 from .models.hf_calls import LOAD_LOCK
 from .prompt import prompt_text
-from .segments import SENTENCE_SPLITS, Segment, TrainedLengths, default_lengths, split_segments
+from .segments import SENTENCE_SPLITS, Segment, TrainedLengths, default_lengths, halves, split_segments
 from .schemes import get_scheme
 from .types import ALIGNMENT_MODES, DocPrediction, new_counter
 
@@ -39,6 +39,10 @@ EXTENSION = "padellm"
 MAX_EXPANSION = 3
 # Training texts whose lengths set the segment budget (the first ones read).
 MAX_LENGTH_SAMPLE = 20000
+# A segment is decoded again in halves (`resplits`) when its decoding shows
+# one of these: the model repeated or invented mentions, or a count reached
+# `max_count`; or when a count's probability is below `resplit_below`.
+CROWDED = ("repeated_mentions", "hallucinated_mentions", "possible_undercounts")
 
 
 def install_extensions() -> None:
@@ -71,6 +75,8 @@ def install_extensions() -> None:
         "overwrite_ents": False,
         "threshold": 0.0,
         "keep_below_threshold": False,
+        "resplits": 2,
+        "resplit_below": 0.8,
         "memory": None,
         "scorer": {"@scorers": "spacy_padellm.ner_scorer.v1"},
     },
@@ -98,6 +104,8 @@ def make_padellm_ner(
     overwrite_ents: bool,
     threshold: float,
     keep_below_threshold: bool,
+    resplits: int,
+    resplit_below: float,
     memory: Optional[InfLLMSettings],
     scorer: Optional[Callable],
 ) -> "PaDeLLMNER":
@@ -127,9 +135,26 @@ def make_padellm_ner(
         overwrite_ents=overwrite_ents,
         threshold=threshold,
         keep_below_threshold=keep_below_threshold,
+        resplits=resplits,
+        resplit_below=resplit_below,
         memory=memory,
         scorer=scorer,
     )
+
+
+def _resplit(whole: DocPrediction, parts: Sequence[DocPrediction]) -> DocPrediction:
+    """The halves' spans, and the whole segment's where they overlap none of
+    them (an entity cut by neither half but lost at the cut); every
+    decoding's fallbacks, and the resplit counted."""
+    merged = DocPrediction(fallbacks=Counter({"resplit_segments": 1}))
+    for part in parts:
+        merged.add(part)
+    taken = [(span.start, span.end) for span in merged.spans]
+    merged.spans.extend(span for span in whole.spans if not any(a < span.end and span.start < b for a, b in taken))
+    merged.fallbacks.update(whole.fallbacks)
+    merged.generated_tokens += whole.generated_tokens
+    merged.decoding_steps += whole.decoding_steps
+    return merged
 
 
 def _add_segment(pred: DocPrediction, seg: Segment, text: str, text_pred: Any) -> None:
@@ -207,6 +232,8 @@ class PaDeLLMNER(TrainablePipe):
         overwrite_ents: bool = False,
         threshold: float = 0.0,
         keep_below_threshold: bool = False,
+        resplits: int = 2,
+        resplit_below: float = 0.8,
         memory: Optional[InfLLMSettings] = None,
         scorer: Optional[Callable] = None,
     ) -> None:
@@ -228,8 +255,11 @@ class PaDeLLMNER(TrainablePipe):
             _check_positive("max_text_tokens", max_text_tokens)
         if segment_tokens is not None and segment_tokens != 0:
             _check_positive("segment_tokens", segment_tokens)
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-            raise ValueError(Errors.E2071.format(value=threshold))
+        for key, value in (("threshold", threshold), ("resplit_below", resplit_below)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(Errors.E2071.format(name=key, value=value))
+        if isinstance(resplits, bool) or not isinstance(resplits, int) or resplits < 0:
+            raise ValueError(Errors.E2074.format(value=resplits))
         if labels is not None and len(labels) == 0:
             raise ValueError(Errors.E2070)
         if isinstance(zero_count_penalty, bool) or not isinstance(zero_count_penalty, (int, float)) or zero_count_penalty < 0:
@@ -268,6 +298,8 @@ class PaDeLLMNER(TrainablePipe):
             "overwrite_ents": overwrite_ents,
             "threshold": float(threshold),
             "keep_below_threshold": bool(keep_below_threshold),
+            "resplits": resplits,
+            "resplit_below": float(resplit_below),
         }
         # The architecture points a default model at the parallel adapter; behind
         # the memory it takes the one trained with preceding text instead.
@@ -456,12 +488,47 @@ class PaDeLLMNER(TrainablePipe):
         if self._memory is not None:
             self._decode_with_memory(docs, doc_texts, items, preds, size)
             return preds
+        for (i, _), outcome in zip(items, self._decode_segments(docs, doc_texts, items, size)):
+            preds[i].add(outcome)
+        return preds
+
+    def _decode_segments(
+        self, docs: List[Doc], doc_texts: List[str], items: List[Tuple[int, Segment]], size: int, depth: int = 0
+    ) -> List[DocPrediction]:
+        """One prediction per (doc index, segment) item, in order. A segment
+        too crowded for the model (see CROWDED, or a count less likely than
+        `resplit_below`) is cut in two and its halves decoded again, up to
+        `resplits` times: a list of names or a results table that the
+        sentence split left whole reads to the model like one sentence with
+        too many entities, and it stops early, repeats itself or is unsure
+        how many there are."""
+        outcomes: List[DocPrediction] = []
         for begin in range(0, len(items), size):
             chunk = items[begin : begin + size]
             texts = [prompt_text(doc_texts[i][seg.start : seg.end]) for i, seg in chunk]
             for (i, seg), text, text_pred in zip(chunk, texts, self._decoder(texts)):
-                _add_segment(preds[i], seg, text, text_pred)
-        return preds
+                outcome = DocPrediction(fallbacks=Counter())
+                _add_segment(outcome, seg, text, text_pred)
+                outcome.count_score = min(text_pred.count_scores.values(), default=1.0)
+                outcomes.append(outcome)
+        if depth >= self.cfg["resplits"]:
+            return outcomes
+        split = self.cfg.get("sentence_split", "auto")
+        again: List[Tuple[int, Segment]] = []
+        parents: List[int] = []
+        for k, ((i, seg), outcome) in enumerate(zip(items, outcomes)):
+            unsure = outcome.count_score < self.cfg["resplit_below"]
+            if not unsure and not any(outcome.fallbacks[kind] for kind in CROWDED):
+                continue
+            cut = halves(docs[i], seg, [(span.start, span.end) for span in outcome.spans], split)
+            if cut is not None:
+                again.extend((i, half) for half in cut)
+                parents.append(k)
+        if again:
+            parts = self._decode_segments(docs, doc_texts, again, size, depth + 1)
+            for n, k in enumerate(parents):
+                outcomes[k] = _resplit(outcomes[k], parts[2 * n : 2 * n + 2])
+        return outcomes
 
     def _decode_with_memory(
         self, docs: List[Doc], doc_texts: List[str], items: List[Tuple[int, Segment]], preds: List[DocPrediction], size: int
@@ -563,6 +630,11 @@ class PaDeLLMNER(TrainablePipe):
                     "%s: docs longer than %s model tokens are decoded in segments of whole sentences; "
                     "counted as 'segmented_docs', segments per doc in doc._.%s['segments'].",
                     self.name, self.segment_budget, EXTENSION,
+                )
+            elif kind == "resplit_segments":
+                logger.info(
+                    "%s: segments too crowded for the model are decoded again in halves; "
+                    "counted as 'resplit_segments'.", self.name,
                 )
             else:
                 logger.warning(

@@ -455,3 +455,42 @@ def _split_chars(
     return [
         Segment(s, e, keep_start if s == start else s, keep_end if e == end else e) for s, e in bounds
     ]
+
+
+def halves(
+    doc: Doc, segment: Segment, found: Sequence[Tuple[int, int]], split: str = "auto"
+) -> Optional[Tuple[Segment, Segment]]:
+    """A segment cut in two near its middle, for decoding again when it was
+    too crowded for the model (it repeated or invented mentions, or a count
+    reached its bound: a list of names or a results table that the
+    sentence split left whole). The cut lies between whole tokens in the
+    middle half of the segment, never inside a span already `found`
+    (character ranges), and where it can, after punctuation or before a
+    token that the senter finds a likely sentence start; among those, the
+    one nearest the middle. None when there is no such place."""
+    tokens = [t for t in doc if segment.start <= t.idx < segment.end and not t.is_space]
+    n = len(tokens)
+    if n < 2:
+        return None
+    probabilities = None
+    if split == "auto" and doc.lang_ == SENTENCE_MODEL_LANG:
+        model = sentence_model()
+        if model is not None:
+            probabilities = model.range_probabilities(doc, tokens[0].i, tokens[-1].i + 1)
+    candidates = [k for k in range(max(1, n // 4), min(n - 1, (3 * n) // 4) + 1)
+                  if not any(a < tokens[k].idx < b for a, b in found)]
+    if not candidates:
+        return None
+
+    def likely(k: int) -> bool:
+        after_punct = tokens[k - 1].is_punct and not tokens[k - 1].is_left_punct
+        return after_punct or (probabilities is not None and probabilities[tokens[k].i - tokens[0].i] >= LIKELY_START)
+
+    preferred = [k for k in candidates if likely(k)] or candidates
+    k = min(preferred, key=lambda c: abs(2 * c - n))
+    left_end = tokens[k - 1].idx + len(tokens[k - 1].text)
+    cut = tokens[k].idx
+    return (
+        Segment(segment.start, left_end, segment.keep_start, min(segment.keep_end, cut)),
+        Segment(cut, segment.end, max(segment.keep_start, cut), segment.keep_end),
+    )

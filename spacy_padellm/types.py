@@ -25,6 +25,7 @@ FALLBACKS = (
     "segmented_docs",  # doc longer than the segment budget, decoded in segments of whole sentences
     "memory_docs",  # doc of several segments decoded behind the long-document memory
     "possible_undercounts",  # a count reached max_count: the label may have more mentions
+    "resplit_segments",  # a crowded segment decoded again in halves (see pipe.CROWDED)
 )
 
 
@@ -47,6 +48,8 @@ class TextPrediction:
     """What decoding produced for one text (a segment of a doc)."""
 
     counts: Dict[str, int] = field(default_factory=dict)
+    # each count's probability (of its tokens and the newline that ends it)
+    count_scores: Dict[str, float] = field(default_factory=dict)
     mentions: List[Mention] = field(default_factory=list)
     fallbacks: "Counter[str]" = field(default_factory=Counter)
     generated_tokens: int = 0
@@ -72,3 +75,12 @@ class DocPrediction:
     segments: int = 0
     generated_tokens: int = 0
     decoding_steps: int = 0
+    count_score: float = 1.0
+
+    def add(self, other: "DocPrediction") -> None:
+        """Another prediction's spans, fallbacks and statistics (a segment's,
+        into its doc's); `segments` is the doc's own count and is kept."""
+        self.spans.extend(other.spans)
+        self.fallbacks.update(other.fallbacks)
+        self.generated_tokens += other.generated_tokens
+        self.decoding_steps += other.decoding_steps

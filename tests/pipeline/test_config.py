@@ -56,6 +56,8 @@ def test_config_round_trips_through_config_string(tiny_model_dir):
         ({"labels": []}, "E2070"),
         ({"threshold": 1.5}, "E2071"),
         ({"threshold": -0.1}, "E2071"),
+        ({"resplit_below": 2}, "E2071"),
+        ({"resplits": -1}, "E2074"),
         ({"segment_tokens": -5}, "E2003"),
     ],
 )
