@@ -468,7 +468,8 @@ def halves(
     (character ranges), and where it can, after punctuation or before a
     token that the senter finds a likely sentence start; among those, the
     one nearest the middle. None when there is no such place."""
-    tokens = [t for t in doc if segment.start <= t.idx < segment.end and not t.is_space]
+    span = doc.char_span(segment.start, segment.end, alignment_mode="expand")  # found by bisection, not a scan
+    tokens = [t for t in span or () if segment.start <= t.idx < segment.end and not t.is_space]
     n = len(tokens)
     if n < 2:
         return None
