@@ -55,7 +55,8 @@ def test_unfinished_mentions_are_dropped_and_counted(tokenizer):
 
 
 def test_garbage_counts_through_the_pipe(tiny_model_dir, tokenizer):
-    nlp = make_nlp(tiny_model_dir, labels=["PER", "LOC"], max_count=1)
+    # resplits = 0: each doc decoded once, so each fallback counted once
+    nlp = make_nlp(tiny_model_dir, labels=["PER", "LOC"], max_count=1, resplits=0)
     nlp.initialize()
     pipe = nlp.get_pipe("padellm_ner")
     pipe._ensure_loaded()
