@@ -44,7 +44,7 @@ SLOW = pytest.mark.slow
         (3, 1, False),
         (16, 1, False),
         (3, 2, False),
-        (16, 1, True),  # the 20,000-word doc costs about 30 s on 2 cores
+        (16, 1, True),  # the 20,000-word doc costs about 45 s on 2 cores
         pytest.param(1, 1, True, marks=SLOW),
         pytest.param(3, 2, True, marks=SLOW),
     ],
