@@ -2,6 +2,7 @@
 import logging
 import unicodedata
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -150,10 +151,8 @@ def _resplit(whole: DocPrediction, parts: Sequence[DocPrediction]) -> DocPredict
     for part in parts:
         merged.add(part)
     taken = [(span.start, span.end) for span in merged.spans]
-    merged.spans.extend(span for span in whole.spans if not any(a < span.end and span.start < b for a, b in taken))
-    merged.fallbacks.update(whole.fallbacks)
-    merged.generated_tokens += whole.generated_tokens
-    merged.decoding_steps += whole.decoding_steps
+    kept = [span for span in whole.spans if not any(a < span.end and span.start < b for a, b in taken)]
+    merged.add(replace(whole, spans=kept))
     return merged
 
 
@@ -503,21 +502,22 @@ class PaDeLLMNER(TrainablePipe):
         too many entities, and it stops early, repeats itself or is unsure
         how many there are."""
         outcomes: List[DocPrediction] = []
+        least_sure: List[float] = []  # each segment's least probable count
         for begin in range(0, len(items), size):
             chunk = items[begin : begin + size]
             texts = [prompt_text(doc_texts[i][seg.start : seg.end]) for i, seg in chunk]
             for (i, seg), text, text_pred in zip(chunk, texts, self._decoder(texts)):
                 outcome = DocPrediction(fallbacks=Counter())
                 _add_segment(outcome, seg, text, text_pred)
-                outcome.count_score = min(text_pred.count_scores.values(), default=1.0)
                 outcomes.append(outcome)
+                least_sure.append(min(text_pred.count_scores.values(), default=1.0))
         if depth >= self.cfg["resplits"]:
             return outcomes
         split = self.cfg.get("sentence_split", "auto")
         again: List[Tuple[int, Segment]] = []
         parents: List[int] = []
         for k, ((i, seg), outcome) in enumerate(zip(items, outcomes)):
-            unsure = outcome.count_score < self.cfg["resplit_below"]
+            unsure = least_sure[k] < self.cfg["resplit_below"]
             if not unsure and not any(outcome.fallbacks[kind] for kind in CROWDED):
                 continue
             cut = halves(docs[i], seg, [(span.start, span.end) for span in outcome.spans], split)

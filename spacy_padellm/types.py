@@ -75,9 +75,6 @@ class DocPrediction:
     segments: int = 0
     generated_tokens: int = 0
     decoding_steps: int = 0
-    # a segment's least probable count, which decides whether it is
-    # decoded again in halves (pipe.py); not summed by `add`
-    count_score: float = 1.0
 
     def add(self, other: "DocPrediction") -> None:
         """Another prediction's spans, fallbacks and statistics (a segment's,
