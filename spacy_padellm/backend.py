@@ -14,7 +14,8 @@ engine does (`memory/engine.py`), llama.cpp does not.
 
 Branches can be kept alive (`keep=True`) and forked: PaDeLLM's mention
 branches continue their label's count branch (`label <num> 2\n<mention 1>`)
-instead of evaluating the label and the count again behind the prefix.
+instead of evaluating the label and the count again behind the prefix, and
+can start before the count has finished (speculation, `decoding.py`).
 """
 import math
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class Generation:
     token_ids: List[int]
     logprobs: List[float]
     stopped: bool  # ended with a stop token rather than at the token bound
-    # With `keep=True`, the engine's handle on the stopped branch, which
+    # With `keep=True`, the engine's handle on the finished branch, which
     # `Backend.fork` continues; None where it was not kept.
     branch: Any = None
 
@@ -116,9 +117,10 @@ class Backend(Protocol):
         its bound (one per branch, or one for all). The prefixes are left as
         they were, so later calls can fork from them again.
 
-        keep: branches that stop stay live, as `Generation.branch` (an engine
-            may keep fewer, when its sequences or memory run short; those
-            have `branch = None`). The caller releases them.
+        keep: branches stay live when they stop or reach their bound, as
+            `Generation.branch` (an engine may keep fewer, when its sequences
+            or memory run short; those have `branch = None`). The caller
+            releases them.
         """
 
     def fork(
@@ -127,10 +129,10 @@ class Backend(Protocol):
         suffixes: Sequence[Sequence[int]],
         max_new_tokens: Union[int, Sequence[int]],
     ) -> List[Generation]:
-        """One new branch per suffix, continuing kept branch `branches[i]`
-        after its stop token (which the engine evaluates first, as nothing
-        has read it yet), decoded as `decode` does. The kept branches are
-        left as they were."""
+        """One new branch per suffix (which may be empty), continuing kept
+        branch `branches[i]` after its last generated token (which the
+        engine evaluates first, as nothing has read it yet), decoded as
+        `decode` does. The kept branches are left as they were."""
 
     def release(self, prefixes: Any) -> None:
         """The prefixes are no longer needed (their cache can be freed)."""

@@ -95,22 +95,23 @@ class ParallelDecoding:
         self.count_bias: Optional[Dict[int, float]] = None
         if zero_count_penalty:
             self.count_bias = {i: -float(zero_count_penalty) for i in zero_count_token_ids(self.tokenizer)}
-        # Both exact. Fusion saves a forward call at no extra work and is
-        # always on (off only for the benchmark's ablation). Speculation saves
-        # a forward call but re-encodes each label branch behind the prefix;
-        # on a CPU, where work per token dominates, that measured 6% slower
-        # (benchmarks/results/decoding_cpu_profile.md), so it is on where a
-        # forward call's fixed cost dominates: on GPU.
-        self.fused_prefill = True  # prefill and the count branches' first token in one forward call
-        device = getattr(engine, "device", None)
-        self.speculative_counts = device is not None and device.type == "cuda"
-        # Mention branches continue their label's count branch, so the label
-        # and the count are not evaluated again for every mention; exact as
-        # long as the count was generated in its canonical tokens (else the
+        # All exact, all on by default (off only for the benchmarks'
+        # ablations). Fusion: the prefill and the count branches' first token
+        # in one forward call.
+        self.fused_prefill = True
+        # Forks: mention branches continue their label's count branch, so the
+        # label and the count are not evaluated again for every mention (as
+        # long as the count was generated in its canonical tokens; else the
         # branch is re-encoded behind the prefix, as training saw it).
-        # Speculative counts decode mentions before the count is finished,
-        # so the two do not combine.
         self.fork_mentions = True
+        # Speculation: the mentions of the count that a count branch's first
+        # token spells ("2") are decoded in the same calls that finish the
+        # count, a sequential call fewer. With forks it costs one token per
+        # mention (the count's first token, evaluated in each mention's
+        # branch); without, every mention branch re-encodes the label behind
+        # the prefix, which on a CPU measured 6% slower than no speculation
+        # (benchmarks/results/decoding_cpu_profile.md).
+        self.speculative_counts = True
 
     @property
     def tokenizer(self) -> Any:
@@ -125,7 +126,7 @@ class ParallelDecoding:
         preds = [TextPrediction(fallbacks=Counter()) for _ in texts]
         branches = [(i, label) for i in range(len(texts)) for label in self.labels]
         speculate = self.speculative_counts and self.max_count_tokens >= 2
-        keep = self.fork_mentions and not speculate
+        keep = self.fork_mentions
         prefixes, count_gens = start_branches(
             self.engine,
             [self.prefix_ids(t) for t in texts],
@@ -138,7 +139,9 @@ class ParallelDecoding:
         kept = [gen.branch for gen in count_gens if gen.branch is not None]
         try:  # the engine's cache of these prefixes and branches is freed whatever happens
             done: Dict[MentionKey, Generation] = {}
-            if speculate:
+            if speculate and keep:
+                count_gens, done = self._finish_counts_with_forks(prefixes, branches, count_gens)
+            elif speculate:
                 count_gens, done = self._finish_counts_with_mentions(prefixes, branches, count_gens)
             add_stats(preds, [i for i, _ in branches], count_gens)
             mention_branches: List[MentionKey] = []
@@ -211,6 +214,72 @@ class ParallelDecoding:
             gens.extend(run(begin, end))
             begin = end
         return gens
+
+    def _speculated_count(self, first: Sequence[int]) -> int:
+        """The count whose canonical tokens start with `first` and go on (its
+        newline still to come), or 0 when there is none to speculate on."""
+        guess = self.tokenizer.decode(list(first), skip_special_tokens=True)
+        if not guess.isdigit() or not 0 < int(guess) <= self.max_count:
+            return 0
+        canonical = self.prompts.count(int(guess))
+        return int(guess) if len(canonical) > len(first) and canonical[: len(first)] == list(first) else 0
+
+    def _finish_counts_with_forks(
+        self, prefixes: Any, branches: Sequence[Tuple[int, str]], firsts: Sequence[Generation]
+    ) -> Tuple[List[Generation], Dict[MentionKey, Generation]]:
+        """Finish the count branches and decode the mentions of the count
+        each one's first token spells, in the same calls: each kept first-
+        token branch forks a branch that finishes its count and, for first
+        token "2", two that continue it with the rest of count "2" (the
+        newline) and mention headers 1 and 2. A count that comes out other
+        than spelled ("1" then "2": 12) keeps its count; its speculated
+        mentions are not used and the caller decodes the right ones. The
+        result equals the unspeculated steps exactly."""
+        finished = list(firsts)
+        guesses: Dict[int, int] = {}
+        rows: List[Tuple[int, int]] = []  # (branch, n); n = 0 finishes the count
+        parents: List[Any] = []
+        suffixes: List[List[int]] = []
+        limits: List[int] = []
+        unkept: List[int] = []  # first-token branches the engine could not keep
+        for k, first in enumerate(firsts):
+            if first.stopped:
+                continue
+            if first.branch is None:
+                unkept.append(k)
+                continue
+            rows.append((k, 0))
+            parents.append(first.branch)
+            suffixes.append([])
+            limits.append(self.max_count_tokens - len(first.token_ids))
+            guesses[k] = self._speculated_count(first.token_ids)
+            rest = self.prompts.count(guesses[k])[len(first.token_ids) :] if guesses[k] else []
+            for n in range(1, guesses[k] + 1):
+                rows.append((k, n))
+                parents.append(first.branch)
+                suffixes.append(rest + self.prompts.mention_header(n))
+                limits.append(self.max_mention_tokens)
+        try:
+            gens = self.engine.fork(parents, suffixes, limits) if rows else []
+        finally:
+            self.engine.release_branches([gen.branch for gen in firsts])
+        # Branches not kept finish behind the prefix, label re-encoded.
+        again = self.engine.decode(
+            prefixes,
+            [branches[k][0] for k in unkept],
+            [self.prompts.count_branch(branches[k][1]) + firsts[k].token_ids for k in unkept],
+            [self.max_count_tokens - len(firsts[k].token_ids) for k in unkept],
+        ) if unkept else []
+        finishing = [(k, gen) for (k, n), gen in zip(rows, gens) if n == 0] + list(zip(unkept, again))
+        for k, gen in finishing:
+            first = firsts[k]
+            finished[k] = Generation(first.token_ids + gen.token_ids, first.logprobs + gen.logprobs, gen.stopped)
+        done: Dict[MentionKey, Generation] = {}
+        for (k, n), gen in zip(rows, gens):
+            if n and finished[k].token_ids == self.prompts.count(guesses[k]):
+                i, label = branches[k]
+                done[(i, label, guesses[k], n)] = gen
+        return finished, done
 
     def _finish_counts_with_mentions(
         self, prefixes: Any, branches: Sequence[Tuple[int, str]], firsts: Sequence[Generation]

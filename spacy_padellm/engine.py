@@ -37,8 +37,9 @@ class PrefixCache:
 
 @dataclass
 class KeptBranch:
-    """A stopped branch kept for `fork`: row `row` of `cache`, which holds
-    the branch up to but not including its stop token `last`. The branches
+    """A finished branch kept for `fork`: row `row` of `cache`, which holds
+    the branch up to but not including its last token `last` (its stop
+    token, or the token at its bound). The branches
     that one decode call kept share one cache (`group`); releasing some
     compacts it to the rows still live."""
 
@@ -241,9 +242,9 @@ class BranchDecoder(HFTokenizerText):
         first_token_bias: token id -> value added to its log-probability when
             the first token is chosen; the recorded log-probabilities stay the
             model's. The count step uses it against count 0.
-        keep: every stopped branch is kept (`Generation.branch`, a
-            `KeptBranch`): rows stay in the batch until all have stopped,
-            so that one cache holds them all.
+        keep: every branch is kept (`Generation.branch`, a `KeptBranch`)
+            when it stops or reaches its bound: rows stay in the batch until
+            all have finished, so that one cache holds them all.
         RETURNS (List[Generation]): one per suffix, in order.
         """
         n = len(suffixes)
@@ -378,10 +379,7 @@ class BranchDecoder(HFTokenizerText):
         group: List[KeptBranch] = []
         gens = []
         for row, (t, lp, s) in enumerate(zip(tokens, logprobs, stopped)):
-            branch = KeptBranch(kept_cache, row, t[-1], group) if s else None
-            if branch is not None:
-                group.append(branch)
+            branch = KeptBranch(kept_cache, row, t[-1], group)
+            group.append(branch)
             gens.append(Generation(t, lp, s, branch))
-        if len(group) < n:  # rows that reached their bound are not kept
-            _compact(group)
         return gens

@@ -11,6 +11,9 @@ sequences directly:
   its suffix and generated tokens at the positions after the prefix;
 - all branches of all texts advance together, one `llama_decode` per step,
   each reading its own logits;
+- branches that start from the same sequence with the same tokens (a
+  count's first token and the mention headers speculated behind it) share
+  those tokens: each is evaluated once, as a cell of all their sequences;
 - a branch's sequence is removed as soon as it stops, the prefixes when the
   decoding scheme releases them.
 
@@ -47,6 +50,10 @@ KEPT_CELL_SHARE = 0.5
 # (benchmarks/results/llama_cpp_texts_per_call_cpu.md). A `batch_size`
 # above this is decoded in calls of this many.
 TEXTS_PER_CALL = 16
+# Sequences one evaluated token can belong to (`llama_batch_init`'s
+# n_seq_max): branches of one group that start from the same sequence with
+# the same tokens share those tokens' cells, up to this many branches each.
+SEQS_PER_TOKEN = 64
 
 
 _LOG_CALLBACK: Any = None  # kept alive: llama.cpp holds a pointer to it
@@ -90,9 +97,10 @@ class Prefixes:
 
 @dataclass
 class KeptBranch:
-    """A stopped branch kept for `fork`: sequence `seq` holds it up to its
-    stop token `last`, which goes at position `pos`; `cells` are the cells
-    it holds beyond its prefix's."""
+    """A finished branch kept for `fork`: sequence `seq` holds it up to its
+    last generated token `last` (its stop token, or the one at its bound),
+    which goes at position `pos`; `cells` are the cells it holds beyond its
+    prefix's."""
 
     seq: int
     pos: int
@@ -135,6 +143,7 @@ class LlamaCppEngine(HFTokenizerText):
         self.n_ctx = n_ctx
         self.n_threads = n_threads or available_cpus()
         self.tokens_evaluated = 0  # every token sent to llama_decode (benchmarks report it)
+        self.share_tokens = True  # branches that start alike share those tokens (off: benchmarks' ablation)
         self.texts_per_call: Optional[int] = TEXTS_PER_CALL
         self._lock = threading.Lock()
         self._pid: Optional[int] = None
@@ -169,7 +178,7 @@ class LlamaCppEngine(HFTokenizerText):
         self._memory = L.llama_get_memory(self._ctx)
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self._model))
         self.n_ctx_train = L.llama_model_n_ctx_train(self._model)
-        self._batch = L.llama_batch_init(self.n_ctx, 0, 1)
+        self._batch = L.llama_batch_init(self.n_ctx, 0, SEQS_PER_TOKEN)
         self._free = list(range(MAX_SEQUENCES - 1, -1, -1))
         self._cells = 0  # cells held by live prefixes and kept branches
         self._held = 0  # sequences held by them
@@ -223,20 +232,28 @@ class LlamaCppEngine(HFTokenizerText):
             self._L.llama_memory_seq_rm(self._memory, seq, -1, -1)
             self._free.append(seq)
 
-    def _run(self, tokens: Sequence[Tuple[int, int, int, bool]]) -> List[int]:
-        """Evaluate (token, position, sequence, wants logits) entries, in
-        calls of at most n_ctx tokens; the batch index of each entry that
-        wants logits, valid until the next call (the last call holds them
-        all when they are in it: callers ask for logits in one call only)."""
+    def _run(self, tokens: Sequence[Tuple[int, int, Union[int, Sequence[int]], bool]]) -> List[int]:
+        """Evaluate (token, position, sequence or sequences, wants logits)
+        entries, in calls of at most n_ctx tokens; the batch index of each
+        entry that wants logits, valid until the next call (the last call
+        holds them all when they are in it: callers ask for logits in one
+        call only). A token of several sequences is one cell of each; they
+        must hold the same cells before it (llama.cpp masks its attention by
+        the first)."""
         outputs: List[int] = []
         batch = self._batch
         for start in range(0, len(tokens), self.n_ctx):
             chunk = tokens[start : start + self.n_ctx]
-            for i, (token, pos, seq, logits) in enumerate(chunk):
+            for i, (token, pos, seqs, logits) in enumerate(chunk):
                 batch.token[i] = token
                 batch.pos[i] = pos
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = seq
+                if isinstance(seqs, int):
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = seqs
+                else:
+                    batch.n_seq_id[i] = len(seqs)
+                    for j, seq in enumerate(seqs):
+                        batch.seq_id[i][j] = seq
                 batch.logits[i] = logits
                 if logits:
                     outputs.append(i)
@@ -393,16 +410,16 @@ class LlamaCppEngine(HFTokenizerText):
         kept: List[Optional[KeptBranch]] = [None] * n
         live = list(range(n))
         try:
-            entries = []
-            positions = []
-            for k, (source, start, suffix) in enumerate(starts):
+            for k, (source, _, _) in enumerate(starts):
                 self._L.llama_memory_seq_cp(self._memory, source, seqs[k], -1, -1)
-                entries.extend((int(t), start + j, seqs[k], j == len(suffix) - 1) for j, t in enumerate(suffix))
-                positions.append(start + len(suffix))
+            positions = [start + len(suffix) for _, start, suffix in starts]
+            entries, ends = _shared_entries(starts, seqs, SEQS_PER_TOKEN if self.share_tokens else 1)
             outputs = self._run(entries)
+            first_rows = [outputs[end] for end in ends]
             step = 0
             while live:
-                logits = numpy.stack([self._logits(outputs[r]) for r in range(len(live))])
+                rows = first_rows if step == 0 else outputs
+                logits = numpy.stack([self._logits(rows[r]) for r in range(len(live))])
                 top = logits.max(axis=1, keepdims=True)
                 log_total = top[:, 0] + numpy.log(numpy.exp(logits - top).sum(axis=1))
                 choose = logits
@@ -418,7 +435,7 @@ class LlamaCppEngine(HFTokenizerText):
                     logprobs[k].append(float(chosen[r]))
                     stopped[k] = token in self._stop_set
                     if stopped[k] or len(tokens[k]) >= limits[k]:
-                        if stopped[k] and keep and self._can_keep(len(starts[k][2]) + len(tokens[k]) - 1):
+                        if keep and self._can_keep(len(starts[k][2]) + len(tokens[k]) - 1):
                             kept[k] = KeptBranch(seqs[k], positions[k], token, len(starts[k][2]) + len(tokens[k]) - 1)
                             self._cells += kept[k].cells
                             self._held += 1
@@ -441,3 +458,41 @@ class LlamaCppEngine(HFTokenizerText):
 
     def _can_keep(self, cells: int) -> bool:
         return self._held < MAX_SEQUENCES - RESERVED_SEQUENCES and self._cells + cells <= KEPT_CELL_SHARE * self.n_ctx
+
+
+def _shared_entries(
+    starts: Sequence[Tuple[int, int, List[int]]], seqs: Sequence[int], most: int
+) -> Tuple[List[Tuple[int, int, Tuple[int, ...], bool]], List[int]]:
+    """The `_run` entries of the branches' suffixes (branch k continues
+    sequence `starts[k][0]` from position `starts[k][1]` as sequence
+    `seqs[k]`), and for each branch the index of its last token among the
+    entries that want logits.
+
+    A suffix token is one entry for all branches that start from the same
+    sequence and position with the same tokens up to and including it (at
+    most `most` of them), as in a trie: their cells before it are
+    the same, so one evaluation serves them all. Entries come in trie
+    order, each after the one before it in its branches."""
+    index: Dict[Tuple[Any, ...], int] = {}  # (parent entry or start, token) -> entry
+    tokens: List[Tuple[int, int]] = []
+    owners: List[List[int]] = []
+    wants: List[bool] = []
+    last: List[int] = []
+    for (source, start, suffix), seq in zip(starts, seqs):
+        parent: Tuple[Any, ...] = ("start", source, start)
+        for j, token in enumerate(suffix):
+            key = (*parent, int(token))
+            entry = index.get(key)
+            if entry is None or len(owners[entry]) >= most:
+                entry = index[key] = len(tokens)
+                tokens.append((int(token), start + j))
+                owners.append([])
+                wants.append(False)
+            owners[entry].append(seq)
+            parent = ("entry", entry)
+        wants[parent[1]] = True
+        last.append(parent[1])
+    rank = {entry: r for r, entry in enumerate(e for e, w in enumerate(wants) if w)}
+    entries = [(token, pos, tuple(seqs_), want) for (token, pos), seqs_, want in zip(tokens, owners, wants)]
+    return entries, [rank[entry] for entry in last]
+

@@ -26,7 +26,8 @@ class ScriptedPrefixes:
 
 @dataclass
 class ScriptedBranch:
-    """A kept branch: its tokens after the prefix, stop token included."""
+    """A kept branch: its tokens after the prefix, the last generated one
+    (its stop token, or the one at its bound) included."""
 
     text_index: int
     tokens: List[int]
@@ -77,7 +78,7 @@ class ScriptedBackend(HFTokenizerText):
         out = []
         for i, branch, limit in zip(text_index, branches, limits):
             gen = self._generate(branch, limit)
-            if keep and gen.stopped:
+            if keep:
                 gen.branch = ScriptedBranch(i, branch + gen.token_ids)
                 self.live[id(gen.branch)] = gen.branch
             out.append(gen)

@@ -248,10 +248,13 @@ def test_autoregressive_decoding_matches_generate(lm):
             assert [(m.label, m.text) for m in pred.mentions] == pairs
 
 
-def test_speculated_mentions_are_redone_when_the_count_goes_on(lm):
+@pytest.mark.parametrize("fork", [True, False])
+def test_speculated_mentions_are_redone_when_the_count_goes_on(lm, fork):
     """First count tokens "1" and "0"; the "1" continues with "2\\n", so the
     count is 12: the mention decoded for count 1 is dropped and twelve
-    mentions of count 12 are decoded in a further call."""
+    mentions of count 12 are decoded in a further call, behind the prefix.
+    With forks, the count is finished and the mention speculated in a fork
+    of the count branch's first token; without, behind the prefix."""
     from spacy_padellm.scripted_backend import ScriptedBackend
 
     _, tokenizer = lm
@@ -266,10 +269,11 @@ def test_speculated_mentions_are_redone_when_the_count_goes_on(lm):
 
     engine = ScriptedBackend(tokenizer, script)
     decoding = ParallelDecoding(engine, prompts, ["PER", "LOC"], max_count=16, max_count_tokens=3, max_mention_tokens=8)
-    decoding.speculative_counts = True
+    decoding.speculative_counts, decoding.fork_mentions = True, fork
     (pred,) = decoding(["Some text ."])
     assert pred.counts == {"PER": 12, "LOC": 2}  # "0" then "2\n" is 02 = 2 as well
-    assert engine.calls == [("first", 2), ("decode", 2 + 1), ("decode", 12 + 2), ("release", 1)]
+    finish = "fork" if fork else "decode"
+    assert engine.calls == [("first", 2), (finish, 2 + 1), ("decode", 12 + 2), ("release", 1)]
     assert [m.n for m in pred.mentions] == list(range(1, 13)) + [1, 2]
     assert engine.live == {}
 
@@ -339,7 +343,8 @@ def test_sliding_window_model_decodes_exactly_within_its_window(tiny_gemma3_dir)
 @pytest.mark.parametrize("fused", [True, False])
 def test_forks_of_kept_branches_match_generate_on_the_whole_prompt(lm, fused):
     """A kept branch continues as if its prefix, its suffix, its generated
-    tokens (stop token included) and the fork's suffix were one prompt."""
+    tokens (stop token, or the token at its bound, included) and the fork's
+    suffix were one prompt; an empty suffix continues the branch itself."""
     model, tokenizer = lm
     stop, prompts, engine, texts, prefixes, suffixes = first_step_setup(model, tokenizer)
     if fused:
@@ -349,10 +354,9 @@ def test_forks_of_kept_branches_match_generate_on_the_whole_prompt(lm, fused):
         gens = engine.decode(cache, [i for i in range(len(texts)) for _ in suffixes],
                              [s for _ in texts for s in suffixes], max_new_tokens=4, keep=True)
     rows = [(i, s) for i in range(len(texts)) for s in suffixes]
-    kept = [(row, gen) for row, gen in zip(rows, gens) if gen.branch is not None]
-    assert kept and all(gen.stopped for _, gen in kept)
-    assert all(gen.branch is None for gen in gens if not gen.stopped)
-    headers = [prompts.mention_header(1 + k % 2) for k in range(len(kept))]
+    kept = list(zip(rows, gens))
+    assert all(gen.branch is not None for gen in gens)
+    headers = [prompts.mention_header(1 + k % 2) if k % 3 else [] for k in range(len(kept))]
     forks = engine.fork([gen.branch for _, gen in kept], headers, max_new_tokens=6)
     for ((i, suffix), gen), header, fork in zip(kept, headers, forks):
         tokens, logprobs = naive_generate(model, prefixes[i] + suffix + gen.token_ids + header, 6, stop)
@@ -392,7 +396,8 @@ def _count_script(counts):
     def script(branch):
         if "<mention" in branch:
             return "x\n"
-        return counts[branch.partition("\n<num>")[0]]
+        label, _, already = branch.partition("\n<num>")
+        return counts[label][len(already) :]  # what follows the count's tokens so far
 
     return script
 
@@ -400,7 +405,8 @@ def _count_script(counts):
 def test_counts_in_other_tokens_are_re_encoded_and_all_branches_released(lm):
     """LOC's count "02" parses as 2 but is not the canonical "2\\n" that
     training saw, so its mentions are decoded behind the prefix; PER's are
-    forked from its count branch; nothing stays live."""
+    forked from its count branch, speculated from its first token "2" in
+    the call that finishes the counts; nothing stays live."""
     from spacy_padellm.scripted_backend import ScriptedBackend
 
     _, tokenizer = lm
@@ -410,5 +416,5 @@ def test_counts_in_other_tokens_are_re_encoded_and_all_branches_released(lm):
     (pred,) = decoding(["Some text ."])
     assert pred.counts == {"PER": 2, "LOC": 2, "MISC": 0}
     assert [(m.label, m.n) for m in pred.mentions] == [("PER", 1), ("PER", 2), ("LOC", 1), ("LOC", 2)]
-    assert engine.calls == [("first", 3), ("fork", 2), ("decode", 2), ("release", 1)]
+    assert engine.calls == [("first", 3), ("fork", 3 + 2), ("decode", 2), ("release", 1)]
     assert engine.live == {}

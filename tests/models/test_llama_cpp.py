@@ -184,6 +184,65 @@ def test_forked_branches_equal_the_torch_engine_and_are_freed(tiny_gguf):
     assert len(engine._free) == MAX_SEQUENCES and engine._cells == 0 and engine._held == 0
 
 
+def test_suffixes_that_start_alike_share_their_tokens_as_a_trie():
+    from spacy_padellm.llama_cpp_engine import SEQS_PER_TOKEN, _shared_entries
+
+    starts = [(7, 10, [1, 2, 3]), (7, 10, [1, 2, 4]), (7, 10, [1]), (8, 10, [1, 2]), (7, 11, [1]), (7, 10, [1, 2, 3])]
+    entries, ends = _shared_entries(starts, [20, 21, 22, 23, 24, 25], SEQS_PER_TOKEN)
+    assert entries == [
+        (1, 10, (20, 21, 22, 25), True),  # branch 2 ends here: its logits
+        (2, 11, (20, 21, 25), False),
+        (3, 12, (20, 25), True),  # branches 0 and 5 are alike: one row of logits for both
+        (4, 12, (21,), True),
+        (1, 10, (23,), False),  # another source: nothing shared
+        (2, 11, (23,), True),
+        (1, 11, (24,), True),  # another start
+    ]
+    assert ends == [1, 2, 0, 3, 4, 1]  # rows among the entries with logits
+    entries, ends = _shared_entries([(7, 0, [1, 2])] * 3, [20, 21, 22], 2)  # at most 2 sequences per token
+    assert [e[2] for e in entries] == [(20, 21), (20, 21), (22,), (22,)] and ends == [0, 0, 1]
+
+
+def test_shared_tokens_decode_what_torch_decodes_and_are_evaluated_once(tiny_gguf):
+    """Branches behind one prefix whose suffixes start alike, and forks of
+    one kept branch (one empty, continuing it; two with mention headers),
+    as in the speculated count step: the torch engine's tokens, fewer
+    tokens evaluated than the suffixes hold, every sequence freed."""
+    from spacy_padellm.decoding import stop_token_ids
+    from spacy_padellm.llama_cpp_engine import MAX_SEQUENCES, LlamaCppEngine
+
+    model, tokenizer, path = tiny_gguf
+    stops = stop_token_ids(tokenizer)
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prefixes = [ids("Japan began the defence of their Asian Cup title ."), ids("China beat China .")]
+    branches = [ids("\nLOC\n<num>2\n<mention 1>"), ids("\nLOC\n<num>2\n<mention 2>"), ids("\nLOC\n<num>2\n<mention 1>"),
+                ids("\nLOC\n<num>2\n<mention 1>")]
+    text_index, limits = [0, 0, 0, 1], [5, 5, 3, 5]
+    headers = [[], ids("\n<mention 1>"), ids("\n<mention 2>")]
+    torch_engine = BranchDecoder(model, stops, tokenizer.eos_token_id)
+    engine = LlamaCppEngine(str(path), stops, tokenizer.eos_token_id, n_ctx=1024, n_threads=1)
+    results = []
+    for e in (torch_engine, engine):
+        handle = e.encode_prefixes(prefixes)
+        before = e.tokens_evaluated
+        behind = e.decode(handle, text_index, branches, limits)
+        evaluated = e.tokens_evaluated - before
+        (first,) = e.decode(handle, [0], [ids("\nLOC\n<num>")], 1, keep=True)
+        forks = e.fork([first.branch] * 3, headers, [4, 6, 6])
+        e.release_branches([first.branch])
+        e.release(handle)
+        results.append((behind, forks, evaluated))
+    (torch_behind, torch_forks, _), (behind, forks, evaluated) = results
+    assert [g.token_ids for g in behind] == [g.token_ids for g in torch_behind]
+    assert [g.token_ids for g in forks] == [g.token_ids for g in torch_forks]
+    for g, t in zip(behind + forks, torch_behind + torch_forks):
+        assert g.logprobs == pytest.approx(t.logprobs, abs=1e-3)
+    alike = next(j for j, (a, b) in enumerate(zip(branches[0], branches[1])) if a != b)
+    first_call = len(branches[0]) + len(branches[1]) - alike + len(branches[3])  # branch 2 is branch 0's
+    assert evaluated - first_call == sum(len(g.token_ids) - 1 for g in behind)  # then one token per live branch and step
+    assert len(engine._free) == MAX_SEQUENCES and engine._cells == 0 and engine._held == 0
+
+
 def test_a_lora_applied_at_run_time_equals_torch_with_the_adapter(tiny_gguf, tmp_path):
     """`lora = "runtime"`: the adapter written as a GGUF LoRA (the q and k
     rows of lora_B permuted as the base's) and applied by llama.cpp while
