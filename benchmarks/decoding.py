@@ -18,7 +18,6 @@ spacy_padellm.JsonlCorpus.v1; pass --end for the span convention) or a
 """
 import argparse
 import json
-import platform
 import statistics
 import sys
 import threading
@@ -36,6 +35,7 @@ from spacy.training import Example
 
 sys.path.insert(0, str(Path(__file__).parent))
 import plots  # noqa: E402
+from cpu import cpu_description  # noqa: E402
 import systems as rows  # noqa: E402
 
 def read_docs(path: Path, end: str, limit: int) -> List[Doc]:
@@ -260,7 +260,9 @@ def ablation(system: rows.System, docs: List[Doc]) -> Dict[str, float]:
     decoder = pipe._decoder
     switches = ("fused_prefill", "speculative_counts", "fork_mentions")
     if pipe.cfg["decoding"] == "parallel":
-        variants = {"fused + forked mentions": (True, False, True), "fused + speculative counts": (True, True, False),
+        variants = {"fused + forked mentions + speculative counts": (True, True, True),
+                    "fused + forked mentions": (True, False, True),
+                    "fused + speculative counts (label re-encoded)": (True, True, False),
                     "fused": (True, False, False), "neither": (False, False, False)}
     else:
         variants = {"fused": (True,), "not fused": (False,)}
@@ -316,7 +318,7 @@ def summarize(system: rows.System, golds: List[Doc], latency: Dict[str, Any], th
 def device_name(gpu: bool) -> str:
     if gpu:
         return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+    return f"{cpu_description()}, {torch.get_num_threads()} torch threads"
 
 
 def write_profile(systems: List[rows.System], docs: List[Doc], args: argparse.Namespace) -> None:

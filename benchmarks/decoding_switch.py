@@ -13,8 +13,6 @@ the counts); `share_tokens`, of the llama.cpp engine (branches that start
 from one sequence with the same tokens evaluate those tokens once).
 """
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 import spacy
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cpu import cpu_description  # noqa: E402
 from line_range import line_range, read_texts  # noqa: E402
 
 BACKENDS = {"torch": "spacy_padellm.CausalLM.v1", "llama.cpp": "spacy_padellm.LlamaCpp.v1"}
@@ -32,14 +31,6 @@ SWITCHES = {
     "speculative_counts": ("mentions", "speculated while the counts finish", "after the counts"),
     "share_tokens": ("branches that start alike", "share those tokens", "evaluate them each"),  # llama.cpp only
 }
-
-
-def machine() -> str:
-    """The CPU in words: timings differ between machines of one kind (with
-    AVX-512 or without), so each result names its own."""
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    simd = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-    return f"{platform.machine()} CPU ({simd}), {os.cpu_count()} cores"
 
 
 def main() -> None:
@@ -78,7 +69,7 @@ def main() -> None:
                          statistics.mean(s["tokens"]), statistics.mean(s["ms"]), statistics.median(s["ms"]), same))
     subject, on_text, off_text = SWITCHES[args.switch]
     lines = [f"# {subject.capitalize()}: {on_text} or {off_text}, lines {args.lines[0]}:{args.lines[1]} of {args.data}", "",
-             f"{date.today().isoformat()}, {machine()}; default pipeline (`add_pipe` with the shipped adapter), batch size 1; "
+             f"{date.today().isoformat()}, {cpu_description()}; default pipeline (`add_pipe` with the shipped adapter), batch size 1; "
              "the variants alternated per sentence on one pipeline.", "",
              "`python benchmarks/decoding_switch.py " + " ".join(sys.argv[1:]) + "`", "",
              f"| backend | {subject} | tokens evaluated / sentence | mean ms | median ms | identical entities |",

@@ -139,7 +139,7 @@ def profile_lines(systems: Dict[str, Any]) -> List[str]:
             lines.append(f"| {phase} | " + " | ".join(_fmt(prof.get(phase)) for prof in profiled.values()) + " |")
     ablations = {n: r["ablation_ms_per_doc"] for n, r in systems.items() if "ablation_ms_per_doc" in r}
     if ablations:
-        lines += ["", "Decoding shortcuts switched on and off (mean ms per doc at batch size 1 on the profiled docs, variants rotated doc by doc; all variants give the same entities). Fusion: the text and the first step's branches in one forward call. Speculative counts: mentions decoded while the counts finish (one forward call fewer, label branches encoded twice).", "",
+        lines += ["", "Decoding shortcuts switched on and off (mean ms per doc at batch size 1 on the profiled docs, variants rotated doc by doc; all variants give the same entities). Fusion: the text and the first step's branches in one forward call. Forked mentions: mention branches continue their count branch. Speculative counts: the mentions of the count a count's first token spells decoded in the calls that finish the counts (one forward call fewer; forked from the first token, or, without forks, label branches encoded again).", "",
                   "| system | variant | ms per doc | vs. the default here |", "| --- | --- | ---: | ---: |"]
         for name, variants in ablations.items():
             default = variants["default here"]

@@ -106,10 +106,11 @@ class ParallelDecoding:
         self.fork_mentions = True
         # Speculation: the mentions of the count that a count branch's first
         # token spells ("2") are decoded in the same calls that finish the
-        # count, a sequential call fewer. With forks it costs one token per
-        # mention (the count's first token, evaluated in each mention's
-        # branch); without, every mention branch re-encodes the label behind
-        # the prefix, which on a CPU measured 6% slower than no speculation
+        # count, a sequential call fewer. With forks it costs at most one
+        # token per mention (the count's first token again in each mention's
+        # branch; llama.cpp evaluates it once for all); without, every mention
+        # branch re-encodes the label behind the prefix, which on a CPU
+        # measured 6% slower than no speculation
         # (benchmarks/results/decoding_cpu_profile.md).
         self.speculative_counts = True
 
@@ -261,8 +262,8 @@ class ParallelDecoding:
                 limits.append(self.max_mention_tokens)
         try:
             gens = self.engine.fork(parents, suffixes, limits) if rows else []
-        finally:
-            self.engine.release_branches([gen.branch for gen in firsts])
+        finally:  # branches that stopped at their first token stay for the caller's forks
+            self.engine.release_branches([gen.branch for gen in firsts if not gen.stopped])
         # Branches not kept finish behind the prefix, label re-encoded.
         again = self.engine.decode(
             prefixes,
