@@ -495,4 +495,3 @@ def _shared_entries(
     rank = {entry: r for r, entry in enumerate(e for e, w in enumerate(wants) if w)}
     entries = [(token, pos, tuple(seqs_), want) for (token, pos), seqs_, want in zip(tokens, owners, wants)]
     return entries, [rank[entry] for entry in last]
-
