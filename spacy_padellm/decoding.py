@@ -260,8 +260,9 @@ class ParallelDecoding:
                 parents.append(first.branch)
                 suffixes.append(rest + self.prompts.mention_header(n))
                 limits.append(self.max_mention_tokens)
-        try:
-            gens = self.engine.fork(parents, suffixes, limits) if rows else []
+        try:  # in groups under BRANCH_TOKEN_LIMIT, as the mention step's
+            width = _width(getattr(parents[0], "cache", None)) if parents else 0
+            gens = self._decode_bounded(width, suffixes, lambda b, e: self.engine.fork(parents[b:e], suffixes[b:e], limits[b:e]))
         finally:  # branches that stopped at their first token stay for the caller's forks
             self.engine.release_branches([gen.branch for gen in firsts if not gen.stopped])
         # Branches not kept finish behind the prefix, label re-encoded.

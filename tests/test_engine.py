@@ -418,3 +418,27 @@ def test_counts_in_other_tokens_are_re_encoded_and_all_branches_released(lm):
     assert [(m.label, m.n) for m in pred.mentions] == [("PER", 1), ("PER", 2), ("LOC", 1), ("LOC", 2)]
     assert engine.calls == [("first", 3), ("fork", 3 + 2), ("decode", 2), ("release", 1)]
     assert engine.live == {}
+
+
+def test_speculated_mentions_are_forked_in_groups_under_the_branch_token_limit(lm, monkeypatch):
+    """The call that finishes the counts and decodes the speculated
+    mentions is split, as the mention step is, so that no call holds more
+    than BRANCH_TOKEN_LIMIT cache slots, whatever the counts; the entities
+    stay the same."""
+    from spacy_padellm import decoding as decoding_module
+    from spacy_padellm.scripted_backend import ScriptedBackend
+
+    _, tokenizer = lm
+    results = {}
+    for limit in (decoding_module.BRANCH_TOKEN_LIMIT, 40):
+        monkeypatch.setattr(decoding_module, "BRANCH_TOKEN_LIMIT", limit)
+        engine = ScriptedBackend(tokenizer, _count_script({"PER": "3\n", "LOC": "2\n", "MISC": "0\n"}))
+        decoding = ParallelDecoding(engine, PromptTokenizer(tokenizer, PromptTemplate()), LABELS,
+                                    max_count=5, max_count_tokens=3, max_mention_tokens=8)
+        (pred,) = decoding(["Some text ."])
+        forks = [n for kind, n in engine.calls if kind == "fork"]
+        results[limit] = (pred.counts, [(m.label, m.n, m.text) for m in pred.mentions], forks)
+        assert engine.live == {}
+    (counts, mentions, whole), (small_counts, small_mentions, split) = results.values()
+    assert (small_counts, small_mentions) == (counts, mentions) and counts == {"PER": 3, "LOC": 2, "MISC": 0}
+    assert whole == [3 + 3 + 2] and len(split) > 1 and sum(split) == 3 + 3 + 2
