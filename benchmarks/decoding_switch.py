@@ -49,10 +49,11 @@ def main() -> None:
         nlp("Warm up .")
         pipe = nlp.get_pipe("padellm_ner")
         decoder, engine = pipe._decoder, pipe._decoder.engine
+        switched = engine if args.switch == "share_tokens" else decoder
         stats = {on: {"ms": [], "tokens": [], "ents": []} for on in (True, False)}
         for k, text in enumerate(texts):
             for on in ((True, False) if k % 2 == 0 else (False, True)):
-                setattr(engine if args.switch == "share_tokens" else decoder, args.switch, on)
+                setattr(switched, args.switch, on)
                 before = engine.tokens_evaluated
                 started = time.perf_counter()
                 doc = nlp(text)
@@ -61,7 +62,7 @@ def main() -> None:
                 stats[on]["ents"].append([(e.start_char, e.end_char, e.label_) for e in doc.ents])
             if (k + 1) % 50 == 0:
                 print(f"  {backend}: {k + 1}/{len(texts)}", flush=True)
-        setattr(engine if args.switch == "share_tokens" else decoder, args.switch, True)
+        setattr(switched, args.switch, True)
         same = sum(a == b for a, b in zip(stats[True]["ents"], stats[False]["ents"])) / len(texts)
         for on in (False, True):
             s = stats[on]

@@ -114,5 +114,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf8")
 
+
 if __name__ == "__main__":
     main()

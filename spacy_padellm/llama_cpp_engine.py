@@ -232,9 +232,8 @@ class LlamaCppEngine(HFTokenizerText):
             self._L.llama_memory_seq_rm(self._memory, seq, -1, -1)
             self._free.append(seq)
 
-    def _run(self, tokens: Sequence[Tuple[int, int, Union[int, Sequence[int]], bool]]) -> List[int]:
-        """Evaluate (token, position, sequence or sequences, wants logits)
-        entries, in calls of at most n_ctx tokens; the batch index of each
+    def _run(self, tokens: Sequence[Tuple[int, int, Sequence[int], bool]]) -> List[int]:
+        """Evaluate (token, position, sequences, wants logits) entries, in calls of at most n_ctx tokens; the batch index of each
         entry that wants logits, valid until the next call (the last call
         holds them all when they are in it: callers ask for logits in one
         call only). A token of several sequences is one cell of each; they
@@ -247,13 +246,9 @@ class LlamaCppEngine(HFTokenizerText):
             for i, (token, pos, seqs, logits) in enumerate(chunk):
                 batch.token[i] = token
                 batch.pos[i] = pos
-                if isinstance(seqs, int):
-                    batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = seqs
-                else:
-                    batch.n_seq_id[i] = len(seqs)
-                    for j, seq in enumerate(seqs):
-                        batch.seq_id[i][j] = seq
+                batch.n_seq_id[i] = len(seqs)
+                for j, seq in enumerate(seqs):
+                    batch.seq_id[i][j] = seq
                 batch.logits[i] = logits
                 if logits:
                     outputs.append(i)
@@ -282,7 +277,7 @@ class LlamaCppEngine(HFTokenizerText):
             if needed > self.n_ctx:
                 raise ValueError(Errors.E2084.format(needed=needed, n_ctx=self.n_ctx))
             seqs = self._take(len(prefixes))
-            entries = [(int(t), pos, seq, False) for seq, prefix in zip(seqs, prefixes) for pos, t in enumerate(prefix)]
+            entries = [(int(t), pos, (seq,), False) for seq, prefix in zip(seqs, prefixes) for pos, t in enumerate(prefix)]
             try:
                 self._run(entries)
             except Exception:
@@ -443,7 +438,7 @@ class LlamaCppEngine(HFTokenizerText):
                             self._drop([seqs[k]])
                         continue
                     still.append(k)
-                    entries.append((token, positions[k], seqs[k], True))
+                    entries.append((token, positions[k], (seqs[k],), True))
                     positions[k] += 1
                 live = still
                 step += 1
